@@ -1,0 +1,9 @@
+"""Public ops of vpog (SPEC §9). Each takes `backend="auto" | "reference" | <fast backend>`.
+
+Every op module registers its backends with `vpog._backend` on import; `python -m vpog.info`
+lists what "auto" picks on this machine.
+"""
+
+from vpog.ops.s2rope_attention import apply_s2rope, s2rope_attention, s2rope_attention_reference
+
+__all__ = ["apply_s2rope", "s2rope_attention", "s2rope_attention_reference"]
