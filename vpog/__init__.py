@@ -9,3 +9,31 @@ back to its PyTorch reference path and says so once (see `python -m vpog.info`).
 """
 
 __version__ = "0.1.0"
+
+
+def _map_source_tree_kernels() -> None:
+    """Make `vpog.kernels` importable when running from a source checkout without installing.
+
+    Installed (editable or not), `kernels/` is the subpackage `vpog.kernels` through setup.py's
+    package_dir; from a bare checkout (e.g. `setup.py build_ext --inplace` on a GPU machine with
+    PYTHONPATH set) the same directory is registered here under that name.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    source = here.parent / "kernels" / "__init__.py"
+    if "vpog.kernels" in sys.modules or (here / "kernels").is_dir() or not source.is_file():
+        return
+    if importlib.util.find_spec("vpog.kernels") is not None:  # an installed mapping exists
+        return
+    spec = importlib.util.spec_from_file_location(
+        "vpog.kernels", source, submodule_search_locations=[str(source.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vpog.kernels"] = module
+    spec.loader.exec_module(module)
+
+
+_map_source_tree_kernels()

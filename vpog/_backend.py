@@ -54,7 +54,7 @@ def warn_once(message: str) -> None:
 # What is installed
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_status() -> tuple[bool, str]:
     """(importable, version or the import error)."""
     try:
@@ -70,7 +70,7 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def extension_status() -> tuple[bool, str]:
     """(loaded, description or the import error) of the compiled extension `vpog._C`."""
     try:
