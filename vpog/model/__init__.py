@@ -1,0 +1,36 @@
+"""The VPOG network (CroCo encoder, S2RoPE group attention, classification and flow heads) and its config."""
+
+from vpog.model.config import (
+    EncoderConfig,
+    GroupAttentionConfig,
+    HeadConfig,
+    VPOGConfig,
+    load_model_config,
+    vpog_config_from_dict,
+)
+from vpog.model.croco_checkpoint import CheckpointReport, load_croco_encoder
+from vpog.model.encoder import CroCoEncoder
+from vpog.model.group_attention import GroupAttention
+from vpog.model.heads import ClassificationHead, FlowHead
+from vpog.model.s2rope_positions import chart_axes, group_positions, tangent_chart
+from vpog.model.vpog import VPOG, VPOGOutput
+
+__all__ = [
+    "VPOG",
+    "CheckpointReport",
+    "ClassificationHead",
+    "CroCoEncoder",
+    "EncoderConfig",
+    "FlowHead",
+    "GroupAttention",
+    "GroupAttentionConfig",
+    "HeadConfig",
+    "VPOGConfig",
+    "VPOGOutput",
+    "chart_axes",
+    "group_positions",
+    "load_croco_encoder",
+    "load_model_config",
+    "tangent_chart",
+    "vpog_config_from_dict",
+]
