@@ -31,11 +31,12 @@ import torch
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("reference", "triton", "cuda", "cpu")
+BACKENDS = ("reference", "triton", "triton_rope_sdpa", "cuda", "cpu")
 BACKEND_LABELS = {
     "reference": "PyTorch reference",
     "triton": "Triton GPU",
     "triton-interpreter": "Triton interpreter",
+    "triton_rope_sdpa": "Triton rotation + PyTorch SDPA",
     "cuda": "CUDA extension",
     "cpu": "C++ CPU extension",
 }

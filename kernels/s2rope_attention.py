@@ -1,0 +1,501 @@
+"""Fused S2RoPE flash attention (Triton): forward and non-causal backward.
+
+    O = softmax(rot(Q) rot(K)^T / sqrt(D)) V,      rot = S2RoPE at each token's (y, x, s1, s2)   (SPEC §5)
+
+The rotation is applied to Q and K tiles inside the attention kernel, so no rotated copy of q or k
+ever reaches device memory (the reference path writes and re-reads both). Rotations are expressed
+per channel pair: `PAIR_IDX[0, p]` and `PAIR_IDX[1, p]` are the two channels of pair p (k and k + n_g
+of its group, rotate-half layout) and `PAIR_FREQ[g, p]` is its frequency if p belongs to group g,
+else 0. A tile x [rows, D] is loaded as its two halves xa = x[:, PAIR_IDX[0]], xb = x[:, PAIR_IDX[1]]
+[rows, D/2]; with a = pos . PAIR_FREQ[:, p] (float32, one rounding, equal to the reference's pos_g w_k):
+
+    rot(x)a = xa cos a - xb sin a,       rot(x)b = xb cos a + xa sin a
+
+and q . k = qa . ka + qb . kb, so S = rot(Q)a rot(K)a^T + rot(Q)b rot(K)b^T (two half-depth dots).
+cos and sin are computed once per pair (D/2 per token, not D). Gradients come back through the
+transposed rotation: grad_xa = ga cos a + gb sin a, grad_xb = gb cos a - ga sin a.
+
+Forward (FlashAttention-2): one program per (query block, batch x head); online softmax in base 2
+with float32 statistics and accumulator; the log-sum-exp (base 2, scaled logits) is kept for the
+backward. Backward: `delta = rowsum(O * dO)`, then one kernel for dK, dV (a program per key block
+looping over every query block) and one for dQ (a program per query block looping over every key
+block); no atomics, no causal shortcuts. Any N: each loop runs its full blocks unmasked, then one
+masked tail block (padded keys get logit -inf, padded queries probability 0).
+
+Memory per call: reads q, k, v once per query block pass (L2-resident across the programs of one
+head); writes o [B, H, N, D] and lse [B * H, N] float32. Backward reads q, k, v, o, dO, writes dq, dk,
+dv. Inputs may have any strides; outputs are contiguous.
+
+References: Dao, "FlashAttention-2" (2023); triton-lang/triton python/tutorials/06-fused-attention.py
+(structure; its boundary-free, causal-only backward is not followed here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from vpog._backend import triton_interpreter
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (32, 64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def n_bucket(n: int) -> int:
+    """Autotuning key for a sequence length: the next power of two (B never enters a key)."""
+    return triton.next_power_of_2(max(int(n), 16))
+
+
+def _configs(block_ms, block_ns, warps, stages):
+    if triton_interpreter():  # one small config: exercises several blocks and masked tails, no tuning
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm in block_ms for bn in block_ns for w in warps for s in stages
+    ]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop configs whose tiles do not suit the head dim (register / shared-memory pressure)."""
+    args = {**named_args, **kwargs}
+    d = args["HEAD_DIM"]
+    n = args["N"]
+    kept = []
+    for c in configs:
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        if d == 128 and bm * bn > 128 * 64:
+            continue
+        if c.num_warps == 8 and bm * bn < 128 * 64:
+            continue
+        if bm > 64 and bn > 64 and triton.next_power_of_2(n) <= 128:  # short sequences: small tiles
+            continue
+        kept.append(c)
+    return kept or configs[:1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+@triton.jit
+def _sincos(ang, FAST: tl.constexpr):
+    """cos, sin of float32 angles. FAST: reduce to [-pi, pi] (Cody-Waite), then the SFU approximations."""
+    if FAST:
+        t = tl.floor(ang * 0.15915494309189535 + 0.5)
+        r = tl.fma(-t, 6.2831854820251465, ang)
+        r = tl.fma(-t, -1.7484555314695172e-07, r)
+        c = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
+        s = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        c = tl.cos(ang)
+        s = tl.sin(ang)
+    return c, s
+
+
+@triton.jit
+def _rot_tile(X, sxn, sxd, POS, spn, spc, offs, mask, idx_a, idx_b, f_y, f_x, f_s1, f_s2,
+              MASK: tl.constexpr, FAST: tl.constexpr):
+    """Load rows `offs` of one head as halves and rotate them. -> rot(x)a, rot(x)b (x's dtype), cos, sin."""
+    rows = X + offs[:, None] * sxn
+    prow = POS + offs * spn
+    if MASK:
+        xa = tl.load(rows + idx_a[None, :] * sxd, mask=mask[:, None], other=0.0)
+        xb = tl.load(rows + idx_b[None, :] * sxd, mask=mask[:, None], other=0.0)
+        p0 = tl.load(prow, mask=mask, other=0.0).to(tl.float32)
+        p1 = tl.load(prow + spc, mask=mask, other=0.0).to(tl.float32)
+        p2 = tl.load(prow + 2 * spc, mask=mask, other=0.0).to(tl.float32)
+        p3 = tl.load(prow + 3 * spc, mask=mask, other=0.0).to(tl.float32)
+    else:
+        xa = tl.load(rows + idx_a[None, :] * sxd)
+        xb = tl.load(rows + idx_b[None, :] * sxd)
+        p0 = tl.load(prow).to(tl.float32)
+        p1 = tl.load(prow + spc).to(tl.float32)
+        p2 = tl.load(prow + 2 * spc).to(tl.float32)
+        p3 = tl.load(prow + 3 * spc).to(tl.float32)
+    # exactly one frequency of each pair is non-zero, so this is the single rounding pos_g * w_k
+    ang = p0[:, None] * f_y[None, :] + p1[:, None] * f_x[None, :]
+    ang = ang + p2[:, None] * f_s1[None, :] + p3[:, None] * f_s2[None, :]
+    c, s = _sincos(ang, FAST)
+    xa32 = xa.to(tl.float32)
+    xb32 = xb.to(tl.float32)
+    ra = (xa32 * c - xb32 * s).to(xa.dtype)
+    rb = (xb32 * c + xa32 * s).to(xa.dtype)
+    return ra, rb, c, s
+
+
+@triton.jit
+def _load_rows(X, sxn, sxd, offs, mask, offs_d, MASK: tl.constexpr):
+    ptrs = X + offs[:, None] * sxn + offs_d[None, :] * sxd
+    if MASK:
+        return tl.load(ptrs, mask=mask[:, None], other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _pair_tables(PAIR_IDX, PAIR_FREQ, HALF: tl.constexpr):
+    offs_p = tl.arange(0, HALF)
+    idx_a = tl.load(PAIR_IDX + offs_p)
+    idx_b = tl.load(PAIR_IDX + HALF + offs_p)
+    f_y = tl.load(PAIR_FREQ + offs_p)
+    f_x = tl.load(PAIR_FREQ + HALF + offs_p)
+    f_s1 = tl.load(PAIR_FREQ + 2 * HALF + offs_p)
+    f_s2 = tl.load(PAIR_FREQ + 3 * HALF + offs_p)
+    return idx_a, idx_b, f_y, f_x, f_s1, f_s2
+
+
+# ------------------------------------------------------------------------------------------------
+# Forward
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, qa, qb, K, skn, skd, V, svn, svd, POS, spn, spc,
+               idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, lo, hi, N, qk_scale,
+               BLOCK_N: tl.constexpr, MASK: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
+        ka, kb, _, _ = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
+                                 f_y, f_x, f_s1, f_s2, MASK, FAST)
+        s = tl.dot(qa, tl.trans(ka), input_precision=DOT_PREC)
+        s = tl.dot(qb, tl.trans(kb), s, input_precision=DOT_PREC)
+        if MASK:
+            s = tl.where(n_ok[None, :], s, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.math.exp2(s * qk_scale - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _load_rows(V, svn, svd, offs_n, n_ok, offs_d, MASK)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
+        m_i = m_ij
+    return acc, l_i, m_i
+
+
+@triton.autotune(
+    configs=_configs((64, 128), (32, 64, 128), (4, 8), (2, 3, 4)),
+    key=["N_BUCKET", "HEAD_DIM"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def _s2rope_attention_fwd_kernel(
+    Q, K, V, O, LSE, POS, PAIR_IDX, PAIR_FREQ,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, spb, spn, spc,
+    H, N, N_BUCKET, qk_scale,
+    HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    HALF: tl.constexpr = HEAD_DIM // 2
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(N, BLOCK_M)
+    bh = pid // num_m
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * sqb + h * sqh
+    K += b * skb + h * skh
+    V += b * svb + h * svh
+    O += b * sob + h * soh
+    POS += b * spb
+    idx_a, idx_b, f_y, f_x, f_s1, f_s2 = _pair_tables(PAIR_IDX, PAIR_FREQ, HALF)
+    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < N
+    offs_d = tl.arange(0, HEAD_DIM)
+    qa, qb, _, _ = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
+                             f_y, f_x, f_s1, f_s2, True, FAST)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    n_full = (N // BLOCK_N) * BLOCK_N
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, qa, qb, K, skn, skd, V, svn, svd, POS, spn, spc,
+                               idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, 0, n_full, N, qk_scale,
+                               BLOCK_N, False, FAST, DOT_PREC)
+    if n_full < N:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, qa, qb, K, skn, skd, V, svn, svd, POS, spn, spc,
+                                   idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, n_full, N, N, qk_scale,
+                                   BLOCK_N, True, FAST, DOT_PREC)
+    acc = acc / l_i[:, None]
+    tl.store(LSE + bh.to(tl.int64) * N + offs_m, m_i + tl.math.log2(l_i), mask=m_ok)
+    tl.store(O + offs_m[:, None] * son + offs_d[None, :] * sod, acc.to(O.dtype.element_ty), mask=m_ok[:, None])
+
+
+# ------------------------------------------------------------------------------------------------
+# Backward
+
+
+@triton.jit
+def _bwd_delta_kernel(O, DO, DELTA, sob, soh, son, sod, sdb, sdh, sdn, sdd, H, N,
+                      HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """delta[bh, i] = sum_d O[i, d] dO[i, d] (float32)."""
+    pid = tl.program_id(0)
+    num = tl.cdiv(N, BLOCK)
+    bh = pid // num
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs = (pid % num) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < N
+    offs_d = tl.arange(0, HEAD_DIM)
+    o = _load_rows(O + b * sob + h * soh, son, sod, offs, ok, offs_d, True).to(tl.float32)
+    do = _load_rows(DO + b * sdb + h * sdh, sdn, sdd, offs, ok, offs_d, True).to(tl.float32)
+    tl.store(DELTA + bh.to(tl.int64) * N + offs, tl.sum(o * do, 1), mask=ok)
+
+
+@triton.jit
+def _dkdv_inner(dv, dka, dkb, ka, kb, v, Q, sqn, sqd, DO, sdn, sdd, LSE, DELTA, POS, spn, spc,
+                idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, lo, hi, N, qk_scale,
+                BLOCK_M: tl.constexpr, MASK: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < N
+        qa, qb, _, _ = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
+                                 f_y, f_x, f_s1, f_s2, MASK, FAST)
+        do = _load_rows(DO, sdn, sdd, offs_m, m_ok, offs_d, MASK)
+        if MASK:
+            lse = tl.load(LSE + offs_m, mask=m_ok, other=0.0)
+            delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
+        else:
+            lse = tl.load(LSE + offs_m)
+            delta = tl.load(DELTA + offs_m)
+        s_t = tl.dot(ka, tl.trans(qa), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
+        s_t = tl.dot(kb, tl.trans(qb), s_t, input_precision=DOT_PREC)
+        p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])
+        if MASK:
+            p_t = tl.where(m_ok[None, :], p_t, 0.0)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(qa.dtype)
+        dka = tl.dot(ds_t, qa, dka, input_precision=DOT_PREC)
+        dkb = tl.dot(ds_t, qb, dkb, input_precision=DOT_PREC)
+    return dv, dka, dkb
+
+
+@triton.autotune(
+    configs=_configs((32, 64, 128), (64, 128), (4, 8), (2, 3)),
+    key=["N_BUCKET", "HEAD_DIM"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def _s2rope_attention_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, POS, PAIR_IDX, PAIR_FREQ,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdn, sdd,
+    sgb, sgh, sgn, sgd, spb, spn, spc,
+    H, N, N_BUCKET, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One key block: dV = P^T dO, dK = R^T (scale dS^T rot(Q)) over every query block. DK, DV share strides sg*."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    bh = pid // num_n
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * sqb + h * sqh
+    K += b * skb + h * skh
+    V += b * svb + h * svh
+    DO += b * sdb + h * sdh
+    DK += b * sgb + h * sgh
+    DV += b * sgb + h * sgh
+    POS += b * spb
+    LSE += bh.to(tl.int64) * N
+    DELTA += bh.to(tl.int64) * N
+    idx_a, idx_b, f_y, f_x, f_s1, f_s2 = _pair_tables(PAIR_IDX, PAIR_FREQ, HALF)
+    offs_n = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_d = tl.arange(0, HEAD_DIM)
+    ka, kb, c, s = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
+                             f_y, f_x, f_s1, f_s2, True, FAST)
+    v = _load_rows(V, svn, svd, offs_n, n_ok, offs_d, True)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dka = tl.zeros([BLOCK_N, HALF], dtype=tl.float32)
+    dkb = tl.zeros([BLOCK_N, HALF], dtype=tl.float32)
+    m_full = (N // BLOCK_M) * BLOCK_M
+    dv, dka, dkb = _dkdv_inner(dv, dka, dkb, ka, kb, v, Q, sqn, sqd, DO, sdn, sdd, LSE, DELTA, POS, spn, spc,
+                               idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, 0, m_full, N, qk_scale,
+                               BLOCK_M, False, FAST, DOT_PREC)
+    if m_full < N:
+        dv, dka, dkb = _dkdv_inner(dv, dka, dkb, ka, kb, v, Q, sqn, sqd, DO, sdn, sdd, LSE, DELTA, POS, spn, spc,
+                                   idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, m_full, N, N, qk_scale,
+                                   BLOCK_M, True, FAST, DOT_PREC)
+    dka = dka * sm_scale
+    dkb = dkb * sm_scale
+    rows = DK + offs_n[:, None] * sgn
+    tl.store(rows + idx_a[None, :] * sgd, (dka * c + dkb * s).to(DK.dtype.element_ty), mask=n_ok[:, None])
+    tl.store(rows + idx_b[None, :] * sgd, (dkb * c - dka * s).to(DK.dtype.element_ty), mask=n_ok[:, None])
+    tl.store(DV + offs_n[:, None] * sgn + offs_d[None, :] * sgd, dv.to(DV.dtype.element_ty), mask=n_ok[:, None])
+
+
+@triton.jit
+def _dq_inner(dqa, dqb, qa, qb, do, lse, delta, K, skn, skd, V, svn, svd, POS, spn, spc,
+              idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, lo, hi, N, qk_scale,
+              BLOCK_N: tl.constexpr, MASK: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
+        ka, kb, _, _ = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
+                                 f_y, f_x, f_s1, f_s2, MASK, FAST)
+        v = _load_rows(V, svn, svd, offs_n, n_ok, offs_d, MASK)
+        s = tl.dot(qa, tl.trans(ka), input_precision=DOT_PREC)
+        s = tl.dot(qb, tl.trans(kb), s, input_precision=DOT_PREC)
+        p = tl.math.exp2(s * qk_scale - lse[:, None])
+        if MASK:
+            p = tl.where(n_ok[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = (p * (dp - delta[:, None])).to(ka.dtype)
+        dqa = tl.dot(ds, ka, dqa, input_precision=DOT_PREC)
+        dqb = tl.dot(ds, kb, dqb, input_precision=DOT_PREC)
+    return dqa, dqb
+
+
+@triton.autotune(
+    configs=_configs((64, 128), (32, 64, 128), (4, 8), (2, 3)),
+    key=["N_BUCKET", "HEAD_DIM"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def _s2rope_attention_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, POS, PAIR_IDX, PAIR_FREQ,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdn, sdd,
+    sgb, sgh, sgn, sgd, spb, spn, spc,
+    H, N, N_BUCKET, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One query block: dQ = R^T (scale dS rot(K)) over every key block."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(N, BLOCK_M)
+    bh = pid // num_m
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * sqb + h * sqh
+    K += b * skb + h * skh
+    V += b * svb + h * svh
+    DO += b * sdb + h * sdh
+    DQ += b * sgb + h * sgh
+    POS += b * spb
+    idx_a, idx_b, f_y, f_x, f_s1, f_s2 = _pair_tables(PAIR_IDX, PAIR_FREQ, HALF)
+    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < N
+    offs_d = tl.arange(0, HEAD_DIM)
+    qa, qb, c, s = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
+                             f_y, f_x, f_s1, f_s2, True, FAST)
+    do = _load_rows(DO, sdn, sdd, offs_m, m_ok, offs_d, True)
+    lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=0.0)
+    delta = tl.load(DELTA + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=0.0)
+    dqa = tl.zeros([BLOCK_M, HALF], dtype=tl.float32)
+    dqb = tl.zeros([BLOCK_M, HALF], dtype=tl.float32)
+    n_full = (N // BLOCK_N) * BLOCK_N
+    dqa, dqb = _dq_inner(dqa, dqb, qa, qb, do, lse, delta, K, skn, skd, V, svn, svd, POS, spn, spc,
+                         idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, 0, n_full, N, qk_scale,
+                         BLOCK_N, False, FAST, DOT_PREC)
+    if n_full < N:
+        dqa, dqb = _dq_inner(dqa, dqb, qa, qb, do, lse, delta, K, skn, skd, V, svn, svd, POS, spn, spc,
+                             idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, n_full, N, N, qk_scale,
+                             BLOCK_N, True, FAST, DOT_PREC)
+    dqa = dqa * sm_scale
+    dqb = dqb * sm_scale
+    rows = DQ + offs_m[:, None] * sgn
+    tl.store(rows + idx_a[None, :] * sgd, (dqa * c + dqb * s).to(DQ.dtype.element_ty), mask=m_ok[:, None])
+    tl.store(rows + idx_b[None, :] * sgd, (dqb * c - dqa * s).to(DQ.dtype.element_ty), mask=m_ok[:, None])
+
+
+# ------------------------------------------------------------------------------------------------
+# Host launchers
+
+
+def check_fused_inputs(q: torch.Tensor, pair_idx: torch.Tensor, pair_freq: torch.Tensor) -> None:
+    """Raise ValueError for what the fused kernel does not handle (shapes were checked by the op)."""
+    d = q.shape[-1]
+    if d not in HEAD_DIMS:
+        raise ValueError(f"the fused Triton kernel supports head dims {HEAD_DIMS}; q has head dim D = {d}")
+    if q.dtype not in DTYPES:
+        raise ValueError(f"the fused Triton kernel supports q, k, v dtypes {DTYPES}; got {q.dtype}")
+    if pair_idx.shape != (2, d // 2) or pair_idx.dtype != torch.int32:
+        raise ValueError(f"pair_idx must be int32 [2, {d // 2}], got {pair_idx.dtype} {tuple(pair_idx.shape)}")
+    if pair_freq.shape != (4, d // 2) or pair_freq.dtype != torch.float32:
+        raise ValueError(f"pair_freq must be float32 [4, {d // 2}], got {pair_freq.dtype} {tuple(pair_freq.shape)}")
+    if not (pair_idx.is_contiguous() and pair_freq.is_contiguous()):
+        raise ValueError("pair_idx and pair_freq must be contiguous")
+
+
+def _flags(dtype: torch.dtype) -> dict:
+    return {
+        "FAST": (not triton_interpreter()) and dtype in (torch.float16, torch.bfloat16),
+        "DOT_PREC": "ieee" if dtype == torch.float32 else "tf32",
+    }
+
+
+def _device_guard(t: torch.Tensor):
+    """Launch on the tensors' GPU (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def s2rope_attention_fwd(q, k, v, pos, pair_idx, pair_freq):
+    """q, k, v [B, H, N, D] (any strides), pos [B, N, 4] float32 -> (o [B, H, N, D] contiguous, lse [B*H, N] f32)."""
+    B, H, N, D = q.shape
+    o = torch.empty((B, H, N, D), device=q.device, dtype=q.dtype)
+    lse = torch.empty((B * H, N), device=q.device, dtype=torch.float32)
+    sm_scale = D ** -0.5
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]) * B * H,)
+    with _device_guard(q):
+        _s2rope_attention_fwd_kernel[grid](
+            q, k, v, o, lse, pos, pair_idx, pair_freq,
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), *pos.stride(),
+            H, N, n_bucket(N), sm_scale * LOG2E,
+            HEAD_DIM=D, **_flags(q.dtype),
+        )
+    return o, lse
+
+
+def s2rope_attention_bwd(grad_o, q, k, v, o, lse, pos, pair_idx, pair_freq):
+    """Gradients of `s2rope_attention_fwd`. -> grad_q, grad_k, grad_v [B, H, N, D] contiguous."""
+    B, H, N, D = q.shape
+    sm_scale = D ** -0.5
+    delta = torch.empty((B * H, N), device=q.device, dtype=torch.float32)
+    grad_q = torch.empty((B, H, N, D), device=q.device, dtype=q.dtype)
+    grad_k = torch.empty_like(grad_q)
+    grad_v = torch.empty_like(grad_q)
+    flags = _flags(q.dtype)
+    block = 16 if triton_interpreter() else 64
+    common = (*q.stride(), *k.stride(), *v.stride(), *grad_o.stride())
+    with _device_guard(q):
+        _bwd_delta_kernel[(triton.cdiv(N, block) * B * H,)](
+            o, grad_o, delta, *o.stride(), *grad_o.stride(), H, N, HEAD_DIM=D, BLOCK=block
+        )
+        grid_kv = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]) * B * H,)
+        _s2rope_attention_bwd_dkdv_kernel[grid_kv](
+            q, k, v, grad_o, lse, delta, grad_k, grad_v, pos, pair_idx, pair_freq,
+            *common, *grad_k.stride(), *pos.stride(),
+            H, N, n_bucket(N), sm_scale * LOG2E, sm_scale, HEAD_DIM=D, **flags,
+        )
+        grid_q = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]) * B * H,)
+        _s2rope_attention_bwd_dq_kernel[grid_q](
+            q, k, v, grad_o, lse, delta, grad_q, pos, pair_idx, pair_freq,
+            *common, *grad_q.stride(), *pos.stride(),
+            H, N, n_bucket(N), sm_scale * LOG2E, sm_scale, HEAD_DIM=D, **flags,
+        )
+    return grad_q, grad_k, grad_v
+
+
+class S2RopeAttentionFunction(torch.autograd.Function):
+    """Fused S2RoPE attention; differentiable in q, k, v (not in pos or the tables)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pos, pair_idx, pair_freq):
+        o, lse = s2rope_attention_fwd(q, k, v, pos, pair_idx, pair_freq)
+        ctx.save_for_backward(q, k, v, o, lse, pos, pair_idx, pair_freq)
+        return o
+
+    @staticmethod
+    def backward(ctx, grad_o):
+        q, k, v, o, lse, pos, pair_idx, pair_freq = ctx.saved_tensors
+        grad_q, grad_k, grad_v = s2rope_attention_bwd(grad_o, q, k, v, o, lse, pos, pair_idx, pair_freq)
+        return grad_q, grad_k, grad_v, None, None, None
+
+
+def s2rope_attention_fused(q, k, v, pos, pair_idx, pair_freq):
+    """Fused S2RoPE attention. q, k, v [B, H, N, D]; pos [B, N, 4] float32; tables from the op module."""
+    check_fused_inputs(q, pair_idx, pair_freq)
+    return S2RopeAttentionFunction.apply(q, k, v, pos, pair_idx, pair_freq)

@@ -1,0 +1,135 @@
+"""S2RoPE rotation pre-pass (Triton): rotate q and k in one launch, for PyTorch SDPA to consume.
+
+    y = rot(x):      ya = xa cos a - xb sin a,   yb = xb cos a + xa sin a      (SPEC §5)
+    inverse (grad):  xa = ya cos a + yb sin a,   xb = yb cos a - ya sin a
+
+with xa = x[..., PAIR_IDX[0]], xb = x[..., PAIR_IDX[1]] the two channels of every pair and
+a = pos . PAIR_FREQ[:, p] computed in float32 (see kernels/s2rope_attention.py for the tables).
+The inverse rotation is the transpose, so the backward is the same kernel with sin negated.
+
+A program owns a block of tokens of one image and a chunk of heads: cos and sin are computed once
+per (token, pair) and reused for every head of the chunk and for both tensors. Memory: reads q, k
+once and writes rotated copies once (4 B H N D elements), the least an unfused rotation can move;
+the eager reference moves several times that (float32 temporaries, a concatenation).
+Inputs may have any strides; outputs are contiguous [B, H, N, D] in the input dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from vpog._backend import triton_interpreter
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _configs():
+    if triton_interpreter():
+        return [triton.Config({"BLOCK_N": 16, "H_CHUNK": 2}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_N": bn, "H_CHUNK": hc}, num_warps=w, num_stages=1)
+        for bn in (16, 32, 64) for hc in (2, 4, 16) for w in (4, 8)
+        if not (w == 8 and bn == 16)
+    ]
+
+
+@triton.jit
+def _rotate_heads(X, sxb, sxh, sxn, sxd, Y, syb, syh, syn, syd, b, h0, h1, offs_n, idx_a, idx_b, mask, c, s):
+    x_rows = X + b * sxb + offs_n[:, None] * sxn
+    y_rows = Y + b * syb + offs_n[:, None] * syn
+    for h in range(h0, h1):
+        hh = h + b * 0  # int64, like b (the head offset h * stride can pass 2^31 in big batches)
+        xa = tl.load(x_rows + hh * sxh + idx_a[None, :] * sxd, mask=mask, other=0.0)
+        xb = tl.load(x_rows + hh * sxh + idx_b[None, :] * sxd, mask=mask, other=0.0)
+        xa32 = xa.to(tl.float32)
+        xb32 = xb.to(tl.float32)
+        tl.store(y_rows + hh * syh + idx_a[None, :] * syd, (xa32 * c - xb32 * s).to(Y.dtype.element_ty), mask=mask)
+        tl.store(y_rows + hh * syh + idx_b[None, :] * syd, (xb32 * c + xa32 * s).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=_configs(), key=["N_BUCKET", "HALF_PAD", "H", "TWO", "INVERSE"])
+@triton.jit
+def _s2rope_rotate_kernel(
+    X1, Y1, X2, Y2, POS, PAIR_IDX, PAIR_FREQ,
+    s1b, s1h, s1n, s1d, t1b, t1h, t1n, t1d, s2b, s2h, s2n, s2d, t2b, t2h, t2n, t2d, spb, spn, spc,
+    H, N, N_BUCKET, HALF,
+    HALF_PAD: tl.constexpr, TWO: tl.constexpr, INVERSE: tl.constexpr,
+    BLOCK_N: tl.constexpr, H_CHUNK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    b = (pid // num_n).to(tl.int64)
+    offs_n = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    h0 = tl.program_id(1) * H_CHUNK
+    h1 = tl.minimum(h0 + H_CHUNK, H)
+    n_ok = offs_n < N
+    offs_p = tl.arange(0, HALF_PAD)
+    p_ok = offs_p < HALF
+    idx_a = tl.load(PAIR_IDX + offs_p, mask=p_ok, other=0)
+    idx_b = tl.load(PAIR_IDX + HALF + offs_p, mask=p_ok, other=0)
+    prow = POS + b * spb + offs_n * spn
+    ang = tl.zeros([BLOCK_N, HALF_PAD], dtype=tl.float32)
+    for g in tl.static_range(4):  # exactly one frequency of a pair is non-zero: one rounding, pos_g * w_k
+        pg = tl.load(prow + g * spc, mask=n_ok, other=0.0).to(tl.float32)
+        fg = tl.load(PAIR_FREQ + g * HALF + offs_p, mask=p_ok, other=0.0)
+        ang += pg[:, None] * fg[None, :]
+    c = tl.cos(ang)
+    s = tl.sin(ang)
+    if INVERSE:
+        s = -s
+    mask = n_ok[:, None] & p_ok[None, :]
+    _rotate_heads(X1, s1b, s1h, s1n, s1d, Y1, t1b, t1h, t1n, t1d, b, h0, h1, offs_n, idx_a, idx_b, mask, c, s)
+    if TWO:
+        _rotate_heads(X2, s2b, s2h, s2n, s2d, Y2, t2b, t2h, t2n, t2d, b, h0, h1, offs_n, idx_a, idx_b, mask, c, s)
+
+
+def s2rope_rotate(x1, x2, pos, pair_idx, pair_freq, inverse=False):
+    """Rotate x1 (and x2, if not None) [B, H, N, D] by S2RoPE at pos [B, N, 4].
+
+    Returns contiguous tensors in the inputs' dtype: (y1, y2) or (y1, None). `inverse` applies
+    the transposed rotation (what the backward needs). Any strides; any even D.
+    """
+    B, H, N, D = x1.shape
+    if x1.dtype not in DTYPES:
+        raise ValueError(f"the Triton rotation supports dtypes {DTYPES}; got {x1.dtype}")
+    if x2 is not None and (x2.shape != x1.shape or x2.dtype != x1.dtype):
+        raise ValueError(f"x2 must match x1 {tuple(x1.shape)} {x1.dtype}, got {tuple(x2.shape)} {x2.dtype}")
+    half = D // 2
+    if pair_idx.shape != (2, half) or pair_freq.shape != (4, half):
+        raise ValueError(f"pair tables must be [2, {half}] and [4, {half}], got "
+                         f"{tuple(pair_idx.shape)} and {tuple(pair_freq.shape)}")
+    y1 = torch.empty((B, H, N, D), device=x1.device, dtype=x1.dtype)
+    y2 = torch.empty_like(y1) if x2 is not None else None
+    if y1.numel() == 0:
+        return y1, y2
+    two = x2 is not None
+    x2_, y2_ = (x2, y2) if two else (x1, y1)
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]) * B, triton.cdiv(H, meta["H_CHUNK"]))
+    guard = torch.cuda.device(x1.device) if x1.is_cuda else contextlib.nullcontext()
+    with guard:
+        _s2rope_rotate_kernel[grid](
+            x1, y1, x2_, y2_, pos, pair_idx, pair_freq,
+            *x1.stride(), *y1.stride(), *x2_.stride(), *y2_.stride(), *pos.stride(),
+            H, N, triton.next_power_of_2(max(N, 16)), half,
+            HALF_PAD=triton.next_power_of_2(half), TWO=two, INVERSE=bool(inverse),
+        )
+    return y1, y2
+
+
+class S2RopeRotateFunction(torch.autograd.Function):
+    """(q, k) -> (rot(q), rot(k)); differentiable in q and k."""
+
+    @staticmethod
+    def forward(ctx, q, k, pos, pair_idx, pair_freq):
+        ctx.save_for_backward(pos, pair_idx, pair_freq)
+        return s2rope_rotate(q, k, pos, pair_idx, pair_freq)
+
+    @staticmethod
+    def backward(ctx, grad_qr, grad_kr):
+        pos, pair_idx, pair_freq = ctx.saved_tensors
+        grad_q, grad_k = s2rope_rotate(grad_qr, grad_kr, pos, pair_idx, pair_freq, inverse=True)
+        return grad_q, grad_k, None, None, None
