@@ -1,0 +1,312 @@
+"""Process-group setup for `torchrun`, SLURM `srun` and plain single-process runs.
+
+Where a rank learns who it is, in order:
+
+1. torchrun's variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
+   `MASTER_PORT`, set by `torchrun` on every worker; `srun torchrun` on SLURM lands here too);
+2. SLURM's, only as a fallback, when `srun python -m vpog.train` starts one task per GPU
+   (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`, `SLURM_LOCALID`, the first host of `SLURM_STEP_NODELIST`
+   as the rendezvous address). `SLURM_STEP_NUM_TASKS` exists only inside an `srun` step, so a
+   plain `python -m vpog.train` in an sbatch script is not mistaken for a multi-task job;
+3. otherwise one process, no process group.
+
+The process group uses NCCL on GPUs and gloo on CPUs, with a timeout (`faults.process_group_timeout_s`)
+so that a rank that died or hangs turns into an error on the others instead of a silent hang.
+
+References: facebookresearch/vggt `training/` and naver/dust3r `dust3r/training.py` (torch.distributed
+trainers reading torchrun's environment), pytorch/torchtitan `distributed/utils.py`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DIST_BACKENDS = ("auto", "nccl", "gloo")
+
+
+@dataclass(kw_only=True)
+class MachineConfig:
+    """Where and how the ranks run (mirrors `vpog/config/machine/*.yaml`)."""
+
+    name: str = "local"
+    """Name of the machine preset (for the logs)."""
+    device: str = "auto"
+    """auto (cuda:LOCAL_RANK when CUDA is available, else cpu) | cuda | cpu."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 loads in the training process)."""
+    precision: str = "auto"
+    """auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp16 (autocast + GradScaler) | fp32."""
+    dist_backend: str = "auto"
+    """auto (nccl on GPU, gloo on CPU) | nccl | gloo."""
+    activation_checkpointing: bool = False
+    """Recompute the encoder's and group blocks' activations in the backward pass (less memory)."""
+    requeue_on_signal: bool = False
+    """On SLURM (SLURM_JOB_ID set): after a SIGUSR1 stop (pre-timeout signal), `scontrol requeue` the job."""
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"machine.device must be one of {DEVICES}, got '{self.device}'")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"machine.precision must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.dist_backend not in DIST_BACKENDS:
+            raise ValueError(f"machine.dist_backend must be one of {DIST_BACKENDS}, got '{self.dist_backend}'")
+        if self.num_workers < 0:
+            raise ValueError(f"machine.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    launcher: str = "single"
+    """Which variables gave the ranks: "torchrun", "slurm" or "single"."""
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the environment
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compact host list -> host names: "gpu[01-03,07],login2" -> gpu01 gpu02 gpu03 gpu07 login2.
+
+    Zero padding of ranges is kept ("n[08-10]" -> n08 n09 n10). Several bracket groups in one name
+    ("r[1-2]n[1-2]") expand as a product, as `scontrol show hostnames` does.
+    """
+    if not isinstance(nodelist, str) or not nodelist.strip():
+        raise ValueError(f"nodelist must be a non-empty SLURM host list, got {nodelist!r}")
+    # split on commas that are not inside brackets
+    parts, depth, cur = [], 0, ""
+    for ch in nodelist.strip():
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    hosts: list[str] = []
+    for part in parts:
+        if not part:
+            continue
+        hosts.extend(_expand_one(part, nodelist))
+    return hosts
+
+
+def _expand_one(name: str, whole: str) -> list[str]:
+    m = re.search(r"\[([^\]]*)\]", name)
+    if m is None:
+        return [name]
+    prefix, suffix = name[: m.start()], name[m.end():]
+    out = []
+    for item in m.group(1).split(","):
+        if "-" in item:
+            lo, hi = item.split("-", 1)
+            if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
+                raise ValueError(f"nodelist has a bad range '{item}' in {whole!r}")
+            width = len(lo)
+            values = [str(v).zfill(width) for v in range(int(lo), int(hi) + 1)]
+        else:
+            values = [item]
+        for v in values:
+            out.extend(_expand_one(prefix + v + suffix, whole))
+    return out
+
+
+def _int(environ: Mapping[str, str], key: str) -> int:
+    try:
+        return int(environ[key])
+    except ValueError:
+        raise ValueError(f"environment variable {key} must be an integer, got {environ[key]!r}") from None
+
+
+def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """This process's rank and world from torchrun's variables, else SLURM's (inside `srun`), else one process."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        world = _int(env, "WORLD_SIZE")
+        return DistEnv(
+            rank=_int(env, "RANK"),
+            world_size=world,
+            local_rank=_int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+            local_world_size=_int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else world,
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500,
+            launcher="torchrun",
+        )
+    if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
+        world = _int(env, "SLURM_STEP_NUM_TASKS")
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+        if "MASTER_PORT" in env:
+            port = _int(env, "MASTER_PORT")
+        else:  # one port per job, so that two jobs sharing a node do not collide
+            port = 15000 + (int(env.get("SLURM_JOB_ID", "0") or 0) % 20000)
+        tasks_per_node = env.get("SLURM_STEP_TASKS_PER_NODE", "")
+        local_world = int(m.group(1)) if (m := re.match(r"(\d+)", tasks_per_node)) else world
+        return DistEnv(
+            rank=_int(env, "SLURM_PROCID"),
+            world_size=world,
+            local_rank=_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+            local_world_size=local_world,
+            master_addr=env.get("MASTER_ADDR") or expand_nodelist(nodes)[0],
+            master_port=port,
+            launcher="slurm",
+        )
+    return DistEnv()
+
+
+# --------------------------------------------------------------------------------------------
+# Process group
+
+
+@dataclass
+class DistContext:
+    """The initialised job: environment, device, precision and whether a process group exists."""
+
+    env: DistEnv
+    device: torch.device
+    backend: str | None
+    """"nccl" / "gloo" when a process group was created, None for one process."""
+    autocast_dtype: torch.dtype | None
+    """bf16 / fp16 autocast dtype, None for fp32."""
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.rank == 0
+
+
+def resolve_device(machine: MachineConfig, env: DistEnv) -> torch.device:
+    """cuda:LOCAL_RANK (modulo the visible GPUs) or cpu."""
+    want = machine.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("machine.device is 'cuda' but torch sees no CUDA device")
+        return torch.device("cuda", env.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def resolve_precision(machine: MachineConfig, device: torch.device) -> torch.dtype | None:
+    p = machine.precision
+    if p == "auto":
+        p = "bf16" if device.type == "cuda" else "fp32"
+    if p in ("bf16", "fp16") and device.type != "cuda":
+        raise ValueError(f"machine.precision '{p}' needs a CUDA device, got '{device}' (use fp32 or auto)")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p]
+
+
+def init_distributed(machine: MachineConfig, timeout_s: float = 1800.0,
+                     environ: Mapping[str, str] | None = None) -> DistContext:
+    """Read the environment, pick the device, and create the process group when there are several ranks."""
+    if timeout_s <= 0:
+        raise ValueError(f"faults.process_group_timeout_s must be > 0, got {timeout_s}")
+    env = read_dist_env(environ)
+    device = resolve_device(machine, env)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast_dtype = resolve_precision(machine, device)
+    backend = None
+    if env.distributed:
+        backend = machine.dist_backend
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        if backend == "nccl" and device.type != "cuda":
+            raise ValueError("machine.dist_backend 'nccl' needs CUDA devices; use gloo (or auto) on CPU")
+        timeout = datetime.timedelta(seconds=float(timeout_s))
+        if not dist.is_initialized():
+            if env.launcher == "torchrun":
+                dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+            else:
+                dist.init_process_group(
+                    backend=backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
+                    rank=env.rank, world_size=env.world_size, timeout=timeout,
+                )
+        log.info("process group: %s, rank %d of %d (local %d of %d, from %s), device %s",
+                 backend, env.rank, env.world_size, env.local_rank, env.local_world_size, env.launcher, device)
+    return DistContext(env=env, device=device, backend=backend, autocast_dtype=autocast_dtype)
+
+
+def destroy_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# Collectives that degrade to no-ops in a single process
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise max over ranks, in place; returns `values`."""
+    if _active():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over ranks, in place; returns `values`."""
+    if _active():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not _active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s `obj` on every rank."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
