@@ -105,7 +105,7 @@ def sample_correspondences(
     bidx = torch.arange(B, device=dev)[:, None]
     K_s = t_K.float()[bidx, s]  # [B, N, 3, 3]
     T_inv = invert_pose(t_pose.float())[bidx, s]  # [B, N, 4, 4]
-    x_cam = backproject(px, z, K_s)
+    x_cam = backproject(px.reshape(-1, 1, 2), z.reshape(-1, 1), K_s.reshape(-1, 3, 3)).reshape(B, num_points, 3)
     x3d = (T_inv[..., :3, :3] @ x_cam.unsqueeze(-1)).squeeze(-1) + T_inv[..., :3, 3] * valid[..., None]
 
     centre = torch.stack([(i % GRID_SIZE) * P + (P - 1) / 2, (i // GRID_SIZE) * P + (P - 1) / 2], dim=-1)
