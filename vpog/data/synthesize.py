@@ -1,0 +1,363 @@
+"""Synthesize a training set and its templates from any meshes, in the real MegaPose/GigaPose formats.
+
+    python -m vpog.data.synthesize out=DIR meshes=DIR|procedural num_objects=16 num_images=320 \
+        template_level=1 seed=0 num_workers=2
+
+writes, under `out` (a training-set root, readable by `vpog.data.VPOGDataset` like MegaPose-GSO):
+
+    train_pbr_web/shard-%06d.tar, key_to_shard.json     BOP-webdataset scenes (see bop_writer.py)
+    models_info.json, models/obj_%06d.ply               BOP models (mm) with diameters
+    templates/{name}/...                                GigaPose templates (see templates.py)
+    synthesis.json                                      the settings used and throughput measured
+
+Objects come from a folder of meshes (obj, ply, glb/gltf, stl, off; ids 1..N in sorted file order) or
+from `procedural` random primitive compositions; both are normalised as GSO (max extent 0.2 m) unless
+`normalize=false`. Work is split into tasks (one per object: model + templates; one per shard: scenes)
+run by `num_workers` processes, each with its own EGL context. Every task's output appears atomically,
+so a rerun skips finished objects and shards (resumable); every task draws from a generator seeded by
+(seed, task), so a set is the same whatever the worker count (deterministic for a seed).
+
+Config: `vpog/config/synthesize.yaml`; the trainer calls `ensure_synthetic_dataset(cfg.data.synthesize)`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Settings that change what is written: a rerun into the same `out` must keep them.
+CONTENT_KEYS = (
+    "name", "meshes", "num_objects", "num_images", "images_per_shard", "image_size", "template_level",
+    "template_size", "template_lighting", "template_distance_factor", "normalize", "max_extent", "mesh_units",
+    "objects_per_image", "distractors_per_image", "occluder_prob", "apparent_size", "texture_prob", "seed",
+)
+WORK_DIR = ".vpog_synth"
+MANIFEST = "synthesis.json"
+
+
+def _plain(cfg) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:
+        pass
+    return dict(cfg)
+
+
+def _validate(p: dict) -> dict:
+    p = dict(p)
+    if not p.get("out"):
+        raise ValueError("out must name the output folder")
+    for key in ("num_images", "images_per_shard"):
+        if int(p[key]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {p[key]}")
+    if p["template_level"] not in (0, 1, 2):
+        raise ValueError(f"template_level must be 0, 1 or 2, got {p['template_level']}")
+    for key in ("image_size", "template_size"):
+        if len(p[key]) != 2 or min(p[key]) < 16:
+            raise ValueError(f"{key} must be [width, height] of at least 16 pixels, got {p[key]}")
+    lo, hi = p["objects_per_image"]
+    if not 1 <= lo <= hi:
+        raise ValueError(f"objects_per_image must be [low, high] with 1 <= low <= high, got {p['objects_per_image']}")
+    if p["meshes"] == "procedural":
+        if p["num_objects"] is None or int(p["num_objects"]) < 1:
+            raise ValueError("num_objects must be >= 1 for procedural objects")
+    return p
+
+
+def _object_sources(p: dict) -> list[tuple[int, str | None]]:
+    """[(obj_id, mesh path or None for procedural)], ids from 1."""
+    if p["meshes"] == "procedural":
+        return [(i + 1, None) for i in range(int(p["num_objects"]))]
+    from .meshes import list_mesh_files
+
+    files = list_mesh_files(p["meshes"])
+    if p["num_objects"] is not None:
+        files = files[: int(p["num_objects"])]
+    return [(i + 1, str(f)) for i, f in enumerate(files)]
+
+
+def _check_manifest(out: Path, p: dict) -> None:
+    path = out / MANIFEST
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text()).get("settings", {})
+    diffs = [f"{k} (was {old.get(k)!r}, now {p.get(k)!r})" for k in CONTENT_KEYS if old.get(k) != p.get(k)]
+    if diffs:
+        raise ValueError(f"{out} was synthesized with other settings: {'; '.join(diffs)}. "
+                         f"Delete it or choose another out= to make a new set")
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks (run in worker processes)
+
+_STATE: dict = {}
+
+
+def _init_worker(p: dict, sources: list) -> None:
+    from .render import Renderer
+
+    _STATE.clear()
+    _STATE.update(p=p, sources=dict(sources), renderer=Renderer(), objects=OrderedDict(), meshes={})
+
+
+def _get_object(obj_id: int):
+    from .meshes import load_object
+    from .procedural import procedural_object
+
+    objects, p = _STATE["objects"], _STATE["p"]
+    if obj_id in objects:
+        objects.move_to_end(obj_id)
+        return objects[obj_id]
+    src = _STATE["sources"][obj_id]
+    max_extent = float(p["max_extent"]) if p["normalize"] else None
+    if src is None:
+        obj = procedural_object(obj_id, int(p["seed"]), max_extent=max_extent or 0.2,
+                                texture_prob=float(p["texture_prob"]))
+    else:
+        obj = load_object(src, obj_id, max_extent=max_extent, units=p["mesh_units"])
+    objects[obj_id] = obj
+    if len(objects) > 64:  # keep memory bounded for large mesh folders
+        old, _ = objects.popitem(last=False)
+        _STATE["meshes"].pop(old, None)
+    return obj
+
+
+def _template_distance(obj, p: dict, K: np.ndarray) -> float:
+    w, h = p["template_size"]
+    if p["template_distance_factor"] is None:
+        from .templates import fit_distance
+
+        return fit_distance(obj.radius, K, w, h)
+    return float(p["template_distance_factor"]) * obj.diameter
+
+
+def _object_task(obj_id: int) -> dict:
+    from .bop_writer import models_info_entry, write_json_atomic, write_model_ply
+    from .render import render_object_views, to_pyrender_mesh
+    from .templates import object_template_poses, pose_path, save_view, scaled_K, template_dir
+
+    p, out = _STATE["p"], Path(_STATE["p"]["out"])
+    obj = _get_object(obj_id)
+    t0 = time.perf_counter()
+    v, f, c = obj.colored_arrays()
+    write_model_ply(out / "models" / f"obj_{obj_id:06d}.ply", v, f, c)
+    troot, name = out / "templates", p["name"]
+    w, h = p["template_size"]
+    K = scaled_K(w, h)
+    poses_mm = object_template_poses(int(p["template_level"]), _template_distance(obj, p, K))
+    final = template_dir(troot, name, obj_id)
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    poses_m = poses_mm.copy()
+    poses_m[:, :3, 3] /= 1000.0
+    mesh = to_pyrender_mesh(obj.parts)
+    t_render = time.perf_counter()
+    for view, (rgb, depth) in enumerate(render_object_views(_STATE["renderer"], mesh, obj.radius, poses_m, K, w, h,
+                                                            lighting=p["template_lighting"])):
+        save_view(tmp, view, rgb, depth)
+    t_render = time.perf_counter() - t_render
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pp = pose_path(troot, name, obj_id)
+    pp.parent.mkdir(parents=True, exist_ok=True)
+    np.save(pp.with_name(pp.stem + f".tmp{os.getpid()}.npy"), poses_mm)
+    os.replace(pp.with_name(pp.stem + f".tmp{os.getpid()}.npy"), pp)
+    info = models_info_entry(obj.vertices, obj.diameter, obj.symmetries)
+    info["source"] = obj.name
+    write_json_atomic(out / WORK_DIR / "objects" / f"obj_{obj_id:06d}.json", info)
+    return {"kind": "object", "id": obj_id, "views": len(poses_mm), "seconds": time.perf_counter() - t0,
+            "render_seconds": t_render}
+
+
+def _shard_task(shard: int) -> dict:
+    from .bop_writer import SHARD_DIR, SHARD_PATTERN, encode_image, image_key, write_shard
+    from .scenes import SceneParams, render_scene
+    from .templates import scaled_K
+
+    p, out = _STATE["p"], Path(_STATE["p"]["out"])
+    t0 = time.perf_counter()
+    ids = sorted(_STATE["sources"])
+    w, h = p["image_size"]
+    params = SceneParams(width=w, height=h, K=scaled_K(w, h), objects_per_image=tuple(p["objects_per_image"]),
+                         distractors_per_image=tuple(p["distractors_per_image"]),
+                         occluder_prob=float(p["occluder_prob"]), apparent_size=tuple(p["apparent_size"]),
+                         texture_prob=float(p["texture_prob"]))
+    first = shard * int(p["images_per_shard"])
+    last = min(first + int(p["images_per_shard"]), int(p["num_images"]))
+
+    def samples():
+        for index in range(first, last):
+            rng = np.random.default_rng([int(p["seed"]), 11, index])
+            k = int(rng.integers(params.objects_per_image[0], params.objects_per_image[1] + 1))
+            chosen = rng.choice(ids, size=min(k, len(ids)), replace=False)
+            objects = [_get_object(int(i)) for i in chosen]
+            key = image_key(index)
+            record = render_scene(_STATE["renderer"], rng, key, objects, _STATE["meshes"], params)
+            yield key, encode_image(record)
+
+    write_shard(out / SHARD_DIR / SHARD_PATTERN.format(shard), samples())
+    return {"kind": "shard", "id": shard, "images": last - first, "seconds": time.perf_counter() - t0}
+
+
+def _run_task(task: tuple[str, int]) -> dict:
+    kind, ident = task
+    return _object_task(ident) if kind == "object" else _shard_task(ident)
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+
+
+def _object_done(out: Path, name: str, obj_id: int) -> bool:
+    from .templates import pose_path, template_dir
+
+    return ((out / WORK_DIR / "objects" / f"obj_{obj_id:06d}.json").is_file()
+            and pose_path(out / "templates", name, obj_id).is_file()
+            and template_dir(out / "templates", name, obj_id).is_dir()
+            and (out / "models" / f"obj_{obj_id:06d}.ply").is_file())
+
+
+def synthesize(cfg) -> dict:
+    """Write (or finish writing) the set described by `cfg` (synthesize.yaml keys); returns its manifest."""
+    from .bop_writer import (
+        SHARD_DIR,
+        SHARD_PATTERN,
+        image_key,
+        write_json_atomic,
+        write_key_to_shard,
+        write_models_info,
+    )
+    from .render import egl_available
+    from .templates import scaled_K, write_camera
+
+    p = _validate(_plain(cfg))
+    out = Path(p["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    p["out"] = str(out)
+    _check_manifest(out, p)
+    ok, reason = egl_available()
+    if not ok:
+        from .render import EGL_HINT, RenderError
+
+        raise RenderError(f"{reason}; {EGL_HINT}")
+    sources = _object_sources(p)
+    settings = {k: p[k] for k in CONTENT_KEYS}
+    write_json_atomic(out / MANIFEST, {"settings": settings, "complete": False})
+    tw, th = p["template_size"]
+    write_camera(out / "templates", p["name"], scaled_K(tw, th), tw, th)
+
+    n_shards = -(-int(p["num_images"]) // int(p["images_per_shard"]))
+    tasks = [("object", i) for i, _ in sources if not _object_done(out, p["name"], i)]
+    tasks += [("shard", s) for s in range(n_shards) if not (out / SHARD_DIR / SHARD_PATTERN.format(s)).is_file()]
+    skipped = len(sources) + n_shards - len(tasks)
+    logger.info("synthesizing %s: %d objects, %d images in %d shards (%d tasks done before, %d to do)",
+                out, len(sources), int(p["num_images"]), n_shards, skipped, len(tasks))
+
+    results = []
+    t0 = time.perf_counter()
+    workers = min(int(p["num_workers"]), len(tasks))
+    bar = None
+    if p.get("progress", True) and tasks:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), desc="synthesize", unit="task")
+    try:
+        if workers > 1:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(p, sources)) as pool:
+                for r in pool.imap_unordered(_run_task, tasks):
+                    results.append(r)
+                    if bar is not None:
+                        bar.update(1)
+        else:
+            _init_worker(p, sources)
+            try:
+                for task in tasks:
+                    results.append(_run_task(task))
+                    if bar is not None:
+                        bar.update(1)
+            finally:
+                _STATE["renderer"].close()
+                _STATE.clear()
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+
+    infos = {}
+    for obj_id, _ in sources:
+        infos[obj_id] = json.loads((out / WORK_DIR / "objects" / f"obj_{obj_id:06d}.json").read_text())
+    write_models_info(out, infos)
+    ips = int(p["images_per_shard"])
+    write_key_to_shard(out, {image_key(i): i // ips for i in range(int(p["num_images"]))})
+
+    views = sum(r.get("views", 0) for r in results)
+    view_seconds = sum(r.get("render_seconds", 0.0) for r in results)
+    images = sum(r.get("images", 0) for r in results)
+    image_seconds = sum(r["seconds"] for r in results if r["kind"] == "shard")
+    stats = {
+        "wall_seconds": round(wall, 3),
+        "workers": max(workers, 1),
+        "template_views": views,
+        "template_views_per_second_per_process": round(views / view_seconds, 2) if view_seconds else None,
+        "scene_images": images,
+        "scene_images_per_second_per_process": round(images / image_seconds, 3) if image_seconds else None,
+        "views_per_second_wall": round((views + images) / wall, 2) if wall > 0 and results else None,
+    }
+    if results:
+        logger.info("rendered %d template views (%.1f views/s per process) and %d scene images "
+                    "(%.2f images/s per process) in %.1f s with %d processes",
+                    views, stats["template_views_per_second_per_process"] or 0, images,
+                    stats["scene_images_per_second_per_process"] or 0, wall, stats["workers"])
+    manifest = {"settings": settings, "complete": True, "stats": stats}
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def ensure_synthetic_dataset(cfg, num_workers: int | None = None) -> Path:
+    """Create the synthetic set of `cfg` (synthesize.yaml keys) unless it is already complete; returns its root.
+
+    Idempotent and resumable: a complete set with the same settings returns at once, a partial one is
+    finished, a set made with other settings raises ValueError (see `synthesize`).
+    """
+    p = _plain(cfg)
+    if num_workers is not None:
+        p["num_workers"] = num_workers
+    out = Path(p["out"])
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        _check_manifest(out, _validate(p))
+        if data.get("complete"):
+            return out
+    synthesize(p)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vpog.cli import parse_cli
+
+    cfg = parse_cli("synthesize", argv, description=__doc__.split("\n\n")[0])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    manifest = synthesize(cfg)
+    logger.info("done: %s", json.dumps(manifest["stats"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
