@@ -97,3 +97,17 @@ def test_loss_weights_from_dict():
         LossWeights.from_dict({"flow_wieght": 1.0})
     with pytest.raises(ValueError, match="pnp_weight"):
         LossWeights(pnp_weight=-1.0)
+
+
+def test_with_the_epropnp_monte_carlo_loss():
+    """The EPro-PnP loss module plugs into the hook as is (its PoseLossOutput is understood)."""
+    pnp_loss = pytest.importorskip("vpog.pnp.loss")
+    out, labels, pose = _output_and_labels()
+    pose = pose._replace(q_K=torch.tensor([[200.0, 0, 111.5], [0, 200.0, 111.5], [0, 0, 1]]).expand(2, 3, 3))
+    got = vpog_loss(out, labels, LossWeights(pnp_points=64), pose_loss=pnp_loss.MonteCarloPoseLoss(),
+                    pose_targets=pose, generator=torch.Generator().manual_seed(0))
+    for key in ("loss", "pnp", "reg", "reg_t", "reg_r", "pnp_valid"):
+        assert key in got and torch.isfinite(got[key]), key
+    got["loss"].backward()
+    assert torch.isfinite(out.flow.grad).all() and torch.isfinite(out.flow_b.grad).all()
+    assert out.weight_scale.grad is not None and torch.isfinite(out.weight_scale.grad)

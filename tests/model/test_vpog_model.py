@@ -11,7 +11,7 @@ from conftest import make_batch, model_inputs, reprojection_pose_loss, tiny_conf
 
 from vpog.geometry import quaternion_to_matrix
 from vpog.losses import LossWeights, vpog_loss
-from vpog.model import VPOG, VPOGOutput
+from vpog.model import VPOG, VPOGOutput, blocks
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +74,24 @@ def test_one_step_lowers_the_loss():
     assert after < before - 1e-3, (float(before), float(after))
 
 
-def test_activation_checkpointing_same_loss_and_grads(model, batch):
-    model.train()
+def test_activation_checkpointing_same_loss_and_grads(batch, monkeypatch):
+    torch.manual_seed(2)
+    model = VPOG(tiny_config(depth=1)).train()
     ckpt = copy.deepcopy(model)
     ckpt.encoder.cfg.activation_checkpointing = True
     ckpt.group_attention.cfg.activation_checkpointing = True
-    results = []
+    calls = []
+    mlp_forward = blocks.Mlp.forward
+    monkeypatch.setattr(blocks.Mlp, "forward", lambda self, x: calls.append(1) or mlp_forward(self, x))
+    results, counts = [], []
     for m in (model, ckpt):
+        calls.clear()
         m.zero_grad(set_to_none=True)
         loss = _loss(m, batch)["loss"]
         loss.backward()
+        counts.append(len(calls))
         results.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    assert counts[1] == 2 * counts[0]  # every block ran again in the backward pass
     torch.testing.assert_close(results[0][0], results[1][0])
     for n, g in results[0][1].items():
         torch.testing.assert_close(results[1][1][n], g, rtol=1e-4, atol=1e-6, msg=n)

@@ -9,7 +9,9 @@ the flow head's output (`vpog.losses.correspondences`) with the query's intrinsi
 `PoseLoss` interface:
 
     pose_loss(x3d [B, N, 3], x2d [B, N, 2], w2d [B, N, 2], K [B, 3, 3], pose_gt [B, 7])
-        -> scalar tensor L_pnp, or a pair (L_pnp, L_reg) when it also returns the derivative regulariser
+        -> scalar tensor L_pnp, or a pair (L_pnp, L_reg) when it also returns the derivative regulariser,
+           or an object with fields `loss_mc` (L_pnp) and `loss_reg` (L_reg) -- `vpog.pnp.loss.MonteCarloPoseLoss`'s
+           PoseLossOutput (its `loss_t`, `loss_r` and `valid` are logged as reg_t, reg_r, pnp_valid)
 
     x3d model frame metres, x2d query crop pixels, w2d >= 0 (0 = ignore the point), K the query crop's
     intrinsics, pose_gt the query's T_m2c as [tx, ty, tz, qw, qx, qy, qz] (metres, scalar-first).
@@ -91,6 +93,23 @@ class PoseTargets(NamedTuple):
     """[B, S, 224, 224] bool template masks, or None."""
 
 
+def _pose_terms(result) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """(L_pnp, L_reg or None, extra logging terms) from what a PoseLoss returned."""
+    if hasattr(result, "loss_mc"):  # vpog.pnp.loss.PoseLossOutput
+        extra = {}
+        for name, key in (("loss_t", "reg_t"), ("loss_r", "reg_r")):
+            if isinstance(getattr(result, name, None), torch.Tensor):
+                extra[key] = getattr(result, name).detach()
+        if isinstance(getattr(result, "valid", None), torch.Tensor):
+            extra["pnp_valid"] = result.valid.float().mean()
+        return result.loss_mc, getattr(result, "loss_reg", None), extra
+    if isinstance(result, tuple):
+        if len(result) != 2:
+            raise ValueError(f"pose_loss must return a scalar or (L_pnp, L_reg), got a tuple of {len(result)}")
+        return result[0], result[1], {}
+    return result, None, {}
+
+
 def vpog_loss(
     output,
     labels,
@@ -105,8 +124,9 @@ def vpog_loss(
     labels: SPEC §4 labels with fields `patch_cls` [B,S,14,14], `dense_flow` [B,S,14,14,16,16,2],
         `dense_visible` [B,S,14,14,16,16] (e.g. `vpog.ops.patch_flow_labels`'s FlowLabels).
     pose_loss / pose_targets: both or neither; with them the pose term is added.
-    Returns {"loss": total (differentiable), "cls", "flow_nll", "flow_invisible", ["pnp", "reg"],
-    "cls_acc", "cls_acc_seen", "cls_acc_unseen", "flow_b_mean", "num_visible"}; all float32 scalars.
+    Returns {"loss": total (differentiable), "cls", "flow_nll", "flow_invisible", with a pose loss "pnp",
+    "pnp_points_valid" and, when returned, "reg" ("reg_t", "reg_r", "pnp_valid"), then "cls_acc",
+    "cls_acc_seen", "cls_acc_unseen", "flow_b_mean", "num_visible"}; all float32 scalars.
     """
     weights = weights if weights is not None else LossWeights()
     if (pose_loss is None) != (pose_targets is None):
@@ -141,12 +161,14 @@ def vpog_loss(
         if pose_targets.q_K.shape != (B, 3, 3):
             raise ValueError(f"pose_targets.q_K must have shape [B, 3, 3], got {tuple(pose_targets.q_K.shape)}")
         result = pose_loss(corr.x3d, corr.x2d, corr.w2d, pose_targets.q_K.float(), q_pose.float())
-        pnp, reg = result if isinstance(result, tuple) else (result, None)
+        pnp, reg, extra = _pose_terms(result)
         total = total + weights.pnp_weight * pnp
         parts["pnp"] = pnp
         if reg is not None:
             total = total + weights.reg_weight * reg
             parts["reg"] = reg
+        parts.update(extra)
+        parts["pnp_points_valid"] = corr.valid.float().mean()
 
     out = {"loss": total}
     out.update(parts)

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ATTENTION_BACKENDS = ("auto", "reference", "triton", "cuda", "cpu")
+from vpog._backend import BACKENDS
+
+ATTENTION_BACKENDS = ("auto",) + tuple(BACKENDS)
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "model"
 
 
