@@ -108,3 +108,25 @@ def test_main_process_rng_untouched_by_loading():
     torch.manual_seed(123)
     ds[SampleKey(index=3, position=99)]
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_custom_epoch_order_and_passed_seed():
+    orders = {0: [2, 2, 0, 1], 1: [1, 0, 3, 3]}
+    s = StreamBatchSampler(4, 3, 0, 1, order=lambda e: orders[e % 2])
+    it = iter(s)
+    assert [k.index for k in next(it)] == [2, 2, 0]
+    assert [k.index for k in next(it)] == [1, 1, 0]
+    bad = StreamBatchSampler(4, 2, order=lambda e: [0, 1])
+    with pytest.raises(ValueError, match="order"):
+        bad.batch_at(0)
+
+    class Echo(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, key):
+            return key
+
+    ds = PositionedDataset(Echo(), seed=3, pass_seed=True)
+    a, b = ds[SampleKey(1, 10)], ds[SampleKey(1, 11)]
+    assert a[0] == b[0] == 1 and a[1] != b[1] and ds[SampleKey(1, 10)] == a

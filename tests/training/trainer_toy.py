@@ -102,7 +102,7 @@ class ToyTask(TrainTask):
             loss = loss * float("nan")
         if ctx.training:
             self._record(model, batch, ctx, loss)
-        return StepOutput(loss=loss, terms={"mse": loss.detach(), "pred_mean": pred.detach().float().mean()},
+        return StepOutput(loss=loss, terms={"loss_mse": loss.detach(), "pred_mean": pred.detach().float().mean()},
                           num_samples=len(x), num_images=len(x), num_skipped_samples=1 if ctx.step == 0 else 0)
 
     def _record(self, model, batch, ctx, loss) -> None:

@@ -251,7 +251,8 @@ def init_distributed(machine: MachineConfig, timeout_s: float = 1800.0,
         timeout = datetime.timedelta(seconds=float(timeout_s))
         if not dist.is_initialized():
             if env.launcher == "torchrun":
-                dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+                dist.init_process_group(backend=backend, store=_torchrun_store(env, timeout, environ),
+                                        rank=env.rank, world_size=env.world_size, timeout=timeout)
             else:
                 dist.init_process_group(
                     backend=backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
@@ -260,6 +261,22 @@ def init_distributed(machine: MachineConfig, timeout_s: float = 1800.0,
         log.info("process group: %s, rank %d of %d (local %d of %d, from %s), device %s",
                  backend, env.rank, env.world_size, env.local_rank, env.local_world_size, env.launcher, device)
     return DistContext(env=env, device=device, backend=backend, autocast_dtype=autocast_dtype)
+
+
+def _torchrun_store(env: DistEnv, timeout: datetime.timedelta, environ: Mapping[str, str] | None):
+    """The rendezvous store under torchrun, with keys prefixed by the restart attempt.
+
+    torchrun keeps one store across `--max-restarts` attempts; `init_method="env://"` reuses its
+    keys, so a restarted group reads the previous attempt's (dead) peer addresses and fails to connect
+    (seen with gloo on torch 2.13; pytorch/pytorch#167288 reports the same with NCCL). A prefix per
+    attempt keeps the attempts apart.
+    """
+    e = os.environ if environ is None else environ
+    agent_store = e.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts the store; all ranks connect
+    base = dist.TCPStore(env.master_addr, env.master_port, env.world_size,
+                         is_master=(not agent_store and env.rank == 0), timeout=timeout)
+    attempt = e.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"vpog/{e.get('TORCHELASTIC_RUN_ID', 'run')}/attempt{attempt}", base)
 
 
 def destroy_distributed() -> None:

@@ -55,10 +55,13 @@ class StreamBatchSampler(Sampler[list[SampleKey]]):
         seed: permutation seed (the same on every rank).
         shuffle: permute each epoch (False: 0..N-1 in order, for validation).
         start: stream positions already consumed (the resume point; any integer >= 0).
+        order: optional `order(epoch) -> sequence of num_samples dataset indices`, the same on every rank
+            (e.g. a mix of several training sets by ratio, where an epoch may repeat or leave out samples);
+            default: a random permutation of range(num_samples) (or the identity without shuffle).
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, start: int = 0) -> None:
+                 shuffle: bool = True, start: int = 0, order=None) -> None:
         if num_samples <= 0:
             raise ValueError(f"num_samples must be > 0, got {num_samples} (is the data set empty?)")
         if batch_size <= 0:
@@ -74,6 +77,7 @@ class StreamBatchSampler(Sampler[list[SampleKey]]):
         self.seed = int(seed)
         self.shuffle = shuffle
         self.start = int(start)
+        self.order = order
         self._perm_epoch = -1
         self._perm: list[int] = []
 
@@ -85,7 +89,13 @@ class StreamBatchSampler(Sampler[list[SampleKey]]):
     def permutation(self, epoch: int) -> list[int]:
         """The order of epoch `epoch` (the same on every rank)."""
         if epoch != self._perm_epoch:
-            if self.shuffle:
+            if self.order is not None:
+                perm = [int(i) for i in self.order(epoch)]
+                if len(perm) != self.num_samples:
+                    raise ValueError(f"order({epoch}) gave {len(perm)} indices, expected num_samples = "
+                                     f"{self.num_samples}")
+                self._perm = perm
+            elif self.shuffle:
                 g = torch.Generator().manual_seed(_mix(self.seed, epoch))
                 self._perm = torch.randperm(self.num_samples, generator=g).tolist()
             else:
@@ -111,15 +121,19 @@ class StreamBatchSampler(Sampler[list[SampleKey]]):
 
 
 class PositionedDataset(Dataset):
-    """Wraps a map-style dataset: `ds[SampleKey]` seeds the CPU RNGs from (seed, position), returns `base[index]`.
+    """Wraps a map-style dataset so that each sample's randomness is a function of (seed, stream position).
 
-    In the training process itself (num_workers = 0) the RNG states are saved and restored around the
-    call, so loading data does not change the model's random stream (dropout and so on).
+    With `pass_seed=False`, `ds[SampleKey]` seeds Python's, NumPy's and torch's CPU RNGs, then returns
+    `base[index]`; in the training process itself (num_workers = 0) the RNG states are saved and
+    restored around the call, so loading data does not change the model's random stream (dropout...).
+    With `pass_seed=True` it returns `base[(index, sample_seed)]` for datasets that draw from their own
+    generator seeded by the caller (`vpog.data.VPOGDataset` does), and leaves the global RNGs alone.
     """
 
-    def __init__(self, base: Dataset, seed: int = 0) -> None:
+    def __init__(self, base: Dataset, seed: int = 0, pass_seed: bool = False) -> None:
         self.base = base
         self.seed = int(seed)
+        self.pass_seed = pass_seed
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -128,6 +142,8 @@ class PositionedDataset(Dataset):
         if not isinstance(key, SampleKey):
             return self.base[key]
         s = _mix(self.seed, key.position)
+        if self.pass_seed:
+            return self.base[(key.index, s)]
         if get_worker_info() is not None:
             _seed_cpu_rngs(s)
             return self.base[key.index]

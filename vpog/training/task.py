@@ -56,7 +56,8 @@ class StepOutput:
     loss: torch.Tensor
     """Scalar to minimise (before division by the accumulation steps)."""
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Scalar loss terms to log (detached by the trainer); the same keys on every rank and every step."""
+    """Scalars to log under these names (detached by the trainer), e.g. "loss_cls", "cls_acc"; the same keys on
+    every rank and every step."""
     num_samples: int = 0
     """Training samples (queries) in the micro-batch."""
     num_images: int = 0
@@ -122,8 +123,7 @@ class TrainTask:
         Called under no_grad with the model in eval mode. The default returns the training loss terms.
         """
         out = self.train_step(model, batch, ctx)
-        return {f"loss_{k}" if not k.startswith("loss") else k: v.detach().float().reshape(1)
-                for k, v in {"loss": out.loss, **out.terms}.items()}
+        return {k: v.detach().float().reshape(1) for k, v in {"loss": out.loss, **out.terms}.items()}
 
     def summarise_val(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         """Rank 0: all ranks' `val_step` values, concatenated -> the numbers to log (default: means)."""

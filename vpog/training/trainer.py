@@ -241,12 +241,13 @@ class Trainer:
         self.samples_consumed = int(data["samples_consumed"])
         counters = state["counters"]
         self.skipped_steps = int(counters["skipped_steps"])
-        self.skipped_samples = int(counters["skipped_samples"])
         self.consecutive_skipped = int(counters["consecutive_skipped"])
-        rngs = state["rng"]
+        rngs, skipped = state["rng"], counters["skipped_samples"]
         if len(rngs) == self.ctx.world_size:
             restore_rng_state(rngs[self.ctx.rank], self.device)
+            self.skipped_samples = int(skipped[self.ctx.rank])
         else:
+            self.skipped_samples = int(sum(skipped)) if self.ctx.is_main else 0
             log.warning("checkpoint from %d rank(s), now %d: random streams reseeded (the data position is "
                         "kept; the run is no longer bit-identical to an uninterrupted one)",
                         len(rngs), self.ctx.world_size)
@@ -258,7 +259,8 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """The training state; collective (every rank must call it): per-rank RNG states are gathered."""
-        rngs = D.all_gather_object(capture_rng_state(self.device))
+        per_rank = D.all_gather_object({"rng": capture_rng_state(self.device),
+                                        "skipped_samples": self.skipped_samples})
         if not self.ctx.is_main:
             return {}
         from omegaconf import DictConfig, OmegaConf
@@ -269,11 +271,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rngs,
+            "rng": [r["rng"] for r in per_rank],
             "data": {"samples_consumed": self.samples_consumed, "seed": self.config.seed,
                      "batch_size": self.batch_size, "world_size": self.ctx.world_size},
-            "counters": {"skipped_steps": self.skipped_steps, "skipped_samples": self.skipped_samples,
-                         "consecutive_skipped": self.consecutive_skipped},
+            "counters": {"skipped_steps": self.skipped_steps, "consecutive_skipped": self.consecutive_skipped,
+                         "skipped_samples": [r["skipped_samples"] for r in per_rank]},
             "world_size": self.ctx.world_size,
             "config": cfg,
         }
@@ -407,19 +409,18 @@ class Trainer:
                     and self.ctx.is_main):
                 signals.requeue_slurm_job()
         else:
-            log.info("finished at step %d (%d skipped steps, %d skipped samples)", self.step,
+            log.info("finished at step %d (%d skipped steps; %d skipped samples on this rank)", self.step,
                      self.skipped_steps, self.skipped_samples)
         self.metrics.flush()
         return 0
 
     def _log_window(self, window: _Window, lrs: list[float]) -> None:
         """Average the window over ranks (collective) and log it on rank 0."""
-        values = window.reduce(self.ctx.world_size)
+        values = window.reduce(self.ctx.world_size, {"skipped_samples": self.skipped_samples})
         values["lr"] = max(lrs)
         values["lr_backbone"] = min(lrs)
         values["peak_memory_gib"] = _peak_memory_gib(self.device)
         values["skipped_steps"] = self.skipped_steps
-        values["skipped_samples"] = self.skipped_samples
         values["samples_consumed"] = self.samples_consumed
         self.metrics.scalars(self.step, values)
         window.reset()
@@ -497,13 +498,16 @@ class _Window:
             for k, v in r["terms"].items():
                 self.terms[k] = self.terms.get(k, 0.0) + float(v)
 
-    def reduce(self, world_size: int) -> dict[str, float]:
-        """Means over the window and over ranks (one all_reduce SUM; term keys must match across ranks)."""
+    def reduce(self, world_size: int, totals: dict[str, float]) -> dict[str, float]:
+        """Means over the window and over ranks, plus `totals` summed over ranks (one all_reduce SUM;
+        term keys must match across ranks)."""
         keys = sorted(self.terms)
+        tkeys = sorted(totals)
         local = [self.loss, self.grad_norm, float(self.finite_steps), float(self.samples), float(self.images),
-                 self.time, self.data_time] + [self.terms[k] for k in keys]
+                 self.time, self.data_time] + [float(totals[k]) for k in tkeys] + [self.terms[k] for k in keys]
         t = D.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.device)).tolist()
         loss, gnorm, finite, samples, images, time_sum, data_time = t[:7]
+        summed, t = t[7:7 + len(tkeys)], t[7 + len(tkeys):]
         n = max(finite, 1.0)
         wall = time_sum / world_size  # the ranks run in lockstep: mean wall time of the window
         out = {"loss": loss / n if finite else float("nan"), "grad_norm": gnorm / n if finite else float("nan"),
@@ -511,6 +515,7 @@ class _Window:
                "samples_per_s": samples / wall if wall > 0 else 0.0,
                "data_time_s": data_time / world_size / max(self.steps, 1),
                "step_time_s": wall / max(self.steps, 1)}
-        for k, v in zip(keys, t[7:]):
-            out[f"loss_{k}" if not k.startswith("loss") else k] = v / n
+        for k, v in zip(keys, t):
+            out[k] = v / n
+        out.update(zip(tkeys, summed))
         return out
