@@ -37,8 +37,9 @@ def make_batch(B: int = 1, S: int = 2, seed: int = 0):
     visible = (torch.rand(B, S, 14, 14, 16, 16, generator=g) < 0.7) & buddy
     flow = (torch.rand(B, S, 14, 14, 16, 16, 2, generator=g) - 0.5) * visible[..., None]
     return SimpleNamespace(
-        query_images=torch.randn(B, 3, 224, 224, generator=g),
-        template_images=torch.randn(B, S, 3, 224, 224, generator=g),
+        T_m2c=torch.cat([q_pose[:, None], t_pose], dim=1),
+        query_images=torch.rand(B, 3, 224, 224, generator=g),
+        template_images=torch.rand(B, S, 3, 224, 224, generator=g),
         template_dirs=dirs,
         d_ref=dirs[:, 0].clone(),
         ref_R=t_pose[:, 0, :3, :3].clone(),

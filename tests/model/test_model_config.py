@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,11 @@ def test_dict_round_trip_and_unknown_keys():
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         VPOGConfig(**kwargs)
+
+
+def test_model_package_imports_without_omegaconf_or_hydra():
+    """The GPU machine has neither: vpog.model and vpog.losses must import (and build) without them."""
+    code = ("import sys; sys.modules['omegaconf'] = None; sys.modules['hydra'] = None; "
+            "import vpog.model, vpog.losses; vpog.model.VPOGConfig(); print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

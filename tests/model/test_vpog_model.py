@@ -4,6 +4,7 @@ bf16 autocast, symmetries, input checks."""
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from conftest import make_batch, model_inputs, reprojection_pose_loss, tiny_conf
 
 from vpog.geometry import quaternion_to_matrix
 from vpog.losses import LossWeights, vpog_loss
-from vpog.model import VPOG, VPOGOutput, blocks
+from vpog.model import VPOG, VPOGOutput, blocks, inputs_from_batch, reference_rotation
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,10 @@ def test_shapes_and_dtypes(model, batch):
     torch.testing.assert_close(out.chart[:, 0], torch.zeros(B, 2), atol=1e-6, rtol=0)  # d_ref = template 0
     assert out.weight_scale.dim() == 0
     assert out.correspondence_weights().shape == (B, S, 196, 16, 16, 2)
+    # the flow starts near "the buddy patch sits on the query patch": ((u - 7.5) / 16, (v - 7.5) / 16)
+    offs = (torch.arange(16.0) - 7.5) / 16
+    assert (out.flow[..., 0] - offs[None, :]).abs().max() < 0.05
+    assert (out.flow[..., 1] - offs[:, None]).abs().max() < 0.05
     # inference: the flow runs on the predicted buddies (argmax over the 196 patches)
     torch.testing.assert_close(inf.buddies, inf.logits[..., :196].argmax(-1))
     torch.testing.assert_close(inf.logits, out.logits)
@@ -159,3 +164,29 @@ def test_input_checks(model, batch):
     ):
         with pytest.raises(ValueError, match=name):
             model(**{**args, name: bad})
+
+
+def test_inputs_from_a_loader_batch(model):
+    """A loader batch (SPEC §3 field names; RGB in [0, 1]) maps to the forward's arguments."""
+    model.eval()
+    b = make_batch(S=3, seed=7)
+    # d_ref is the second template's direction: R_ref must be that template's rotation
+    b.d_ref = b.template_dirs[:, 1].clone()
+    loader = SimpleNamespace(images=torch.cat([b.query_images[:, None], b.template_images], dim=1),
+                             template_dirs=b.template_dirs, d_ref=b.d_ref, T_m2c=b.T_m2c)
+    args = inputs_from_batch(loader, buddies=b.labels.patch_cls)
+    torch.testing.assert_close(args["ref_R"], b.T_m2c[:, 2, :3, :3])
+    torch.testing.assert_close(args["query_images"], b.query_images)
+    with torch.no_grad():
+        a = model(**args)
+        c = model(**{**model_inputs(b), "d_ref": b.d_ref, "ref_R": b.T_m2c[:, 2, :3, :3]})
+    torch.testing.assert_close(a.logits, c.logits)
+    with pytest.raises(ValueError, match="template_R"):
+        reference_rotation(b.template_dirs, b.d_ref, b.T_m2c[:, :2, :3, :3])
+
+
+def test_normalisation_is_the_encoder_config(model):
+    mean = torch.tensor(model.cfg.encoder.image_mean).view(3, 1, 1).expand(3, 4, 4)
+    torch.testing.assert_close(model.normalize(mean), torch.zeros(3, 4, 4))
+    std = torch.tensor(model.cfg.encoder.image_std).view(3, 1, 1)
+    torch.testing.assert_close(model.normalize(mean + std), torch.ones(3, 4, 4))

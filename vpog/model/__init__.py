@@ -12,8 +12,8 @@ from vpog.model.croco_checkpoint import CheckpointReport, load_croco_encoder
 from vpog.model.encoder import CroCoEncoder
 from vpog.model.group_attention import GroupAttention
 from vpog.model.heads import ClassificationHead, FlowHead
-from vpog.model.s2rope_positions import chart_axes, group_positions, tangent_chart
-from vpog.model.vpog import VPOG, VPOGOutput
+from vpog.model.s2rope_positions import chart_axes, group_positions, reference_rotation, tangent_chart
+from vpog.model.vpog import VPOG, VPOGOutput, inputs_from_batch
 
 __all__ = [
     "VPOG",
@@ -29,8 +29,10 @@ __all__ = [
     "VPOGOutput",
     "chart_axes",
     "group_positions",
+    "inputs_from_batch",
     "load_croco_encoder",
     "load_model_config",
+    "reference_rotation",
     "tangent_chart",
     "vpog_config_from_dict",
 ]

@@ -63,7 +63,8 @@ class EncoderConfig:
     checkpoint_strict: bool = True
     """Raise when the checkpoint lacks an encoder weight; False only logs the missing keys."""
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    """Per-channel mean of the input normalisation (ImageNet, as CroCo's pretraining); RGB in [0, 1]."""
+    """Per-channel mean of the input normalisation (ImageNet, as CroCo's pretraining), applied by
+    `VPOG.forward` to RGB in [0, 1]."""
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     """Per-channel standard deviation of the input normalisation."""
 

@@ -41,6 +41,21 @@ def chart_axes(d_ref: torch.Tensor, ref_R: torch.Tensor) -> tuple[torch.Tensor, 
     return e1, e2
 
 
+def reference_rotation(template_dirs: torch.Tensor, d_ref: torch.Tensor, template_R: torch.Tensor) -> torch.Tensor:
+    """R_ref: the rotation of the template whose viewing direction is nearest to d_ref (max d . d_ref).
+
+    template_dirs: [B, S, 3]; d_ref: [B, 3]; template_R: [B, S, 3, 3] rotations of the templates' T_m2c.
+    Returns [B, 3, 3]. d_ref is one of the templates' directions (SPEC §3), so this finds that template.
+    """
+    B, S = template_dirs.shape[:2]
+    if d_ref.shape != (B, 3):
+        raise ValueError(f"d_ref must have shape [B, 3] = [{B}, 3], got {tuple(d_ref.shape)}")
+    if template_R.shape != (B, S, 3, 3):
+        raise ValueError(f"template_R must have shape [B, S, 3, 3] = [{B}, {S}, 3, 3], got {tuple(template_R.shape)}")
+    best = (template_dirs * d_ref[:, None]).sum(-1).argmax(dim=1)  # [B]
+    return template_R[torch.arange(B, device=template_R.device), best]
+
+
 def tangent_chart(dirs: torch.Tensor, d_ref: torch.Tensor, ref_R: torch.Tensor) -> torch.Tensor:
     """(s1, s2) of viewing directions in the tangent chart at d_ref (radians of view angle).
 

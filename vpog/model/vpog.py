@@ -2,8 +2,8 @@
 
 Inputs are explicit tensors (not a batch class), so any loader can feed it:
 
-    query_images     [B, 3, 224, 224]      normalised (EncoderConfig.image_mean / image_std)
-    template_images  [B, S, 3, 224, 224]   normalised the same way
+    query_images     [B, 3, 224, 224]      RGB in [0, 1] (the model applies EncoderConfig.image_mean / std)
+    template_images  [B, S, 3, 224, 224]   RGB in [0, 1]
     template_dirs    [B, S, 3]             viewing direction of each template, model frame (SPEC §1)
     d_ref            [B, 3]                chart centre: the reference template's direction (SPEC §3)
     ref_R            [B, 3, 3]             rotation of the reference template's T_m2c (chart axes, SPEC §5)
@@ -15,7 +15,8 @@ the flow loss masks out. Without (inference) it runs on the predicted buddy, the
 template patches of the classification logits (the unseen class is left to the caller: see
 `VPOGOutput.predicted_cls`).
 
-The query and templates share one encoder pass ([B (S + 1)] images).
+The query and templates share one encoder pass ([B (S + 1)] images). `inputs_from_batch` maps a
+loader batch (`vpog.data.batch.VPOGBatch`, read by field name only) to these arguments.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from vpog.model.croco_checkpoint import CheckpointReport, load_croco_encoder
 from vpog.model.encoder import CroCoEncoder
 from vpog.model.group_attention import GroupAttention
 from vpog.model.heads import ClassificationHead, FlowHead
-from vpog.model.s2rope_positions import tangent_chart
+from vpog.model.s2rope_positions import reference_rotation, tangent_chart
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class VPOG(nn.Module):
         return load_croco_encoder(self.encoder, path, strict=strict)
 
     def normalize(self, rgb: torch.Tensor) -> torch.Tensor:
-        """RGB in [0, 1], [..., 3, H, W] -> the encoder's input normalisation."""
+        """RGB in [0, 1], [..., 3, H, W] -> the encoder's input normalisation (applied by `forward`)."""
         return (rgb - self.image_mean.to(rgb.dtype)) / self.image_std.to(rgb.dtype)
 
     def encoder_parameters(self):
@@ -140,7 +141,7 @@ class VPOG(nn.Module):
     ) -> VPOGOutput:
         self._check(query_images, template_images, template_dirs, d_ref, ref_R, buddies)
         B, S = template_images.shape[:2]
-        images = torch.cat([query_images.unsqueeze(1), template_images], dim=1).flatten(0, 1)
+        images = self.normalize(torch.cat([query_images.unsqueeze(1), template_images], dim=1).flatten(0, 1))
         tokens = self.encoder(images).view(B, S + 1, NUM_PATCHES, -1)
         chart = tangent_chart(template_dirs, d_ref, ref_R)
         q, t, unseen = self.group_attention(tokens[:, 0], tokens[:, 1:], chart)
@@ -154,3 +155,23 @@ class VPOG(nn.Module):
             logits=logits, flow=flow, flow_b=b, buddies=used, chart=chart,
             weight_scale=self.flow_head.log_weight_scale.float().exp(),
         )
+
+
+def inputs_from_batch(batch, buddies: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Keyword arguments of `VPOG.forward` from a loader batch (SPEC §3 fields, by name).
+
+    Uses `images` [B, S+1, 3, C, C] (RGB in [0, 1], index 0 the query), `template_dirs` [B, S, 3],
+    `d_ref` [B, 3] and `T_m2c` [B, S+1, 4, 4]; R_ref is the rotation of the template whose direction is
+    d_ref (`reference_rotation`). `buddies`: the ground-truth patch_cls for training, or None.
+    """
+    images = batch.images
+    out = dict(
+        query_images=images[:, 0],
+        template_images=images[:, 1:],
+        template_dirs=batch.template_dirs,
+        d_ref=batch.d_ref,
+        ref_R=reference_rotation(batch.template_dirs, batch.d_ref, batch.T_m2c[:, 1:, :3, :3]),
+    )
+    if buddies is not None:
+        out["buddies"] = buddies
+    return out
