@@ -49,3 +49,15 @@ def tiny_set(tmp_path_factory, require_egl):
     out = tmp_path_factory.mktemp("tiny_set")
     synthesize(_tiny_settings(out))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _single_torch_thread():
+    """Data code runs in single-threaded DataLoader workers; do the same here (the CI machine has 2 cores,
+    and tiny torch ops with several threads on a loaded machine are slower, not faster)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

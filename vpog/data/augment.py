@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 @dataclass(kw_only=True)
@@ -44,42 +42,40 @@ class AugmentConfig:
             raise ValueError("augment.blur_sigma must be >= 0.1 and augment.noise_std >= 0")
 
 
-def _gray(img: torch.Tensor) -> torch.Tensor:
-    return (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])[None]
+def _gray(img: np.ndarray) -> np.ndarray:
+    return img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of img [H, W, C], edges replicated."""
     radius = max(1, int(np.ceil(2.5 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=img.dtype)
-    k = torch.exp(-(x ** 2) / (2 * sigma ** 2))
-    k = k / k.sum()
-    c = img.shape[0]
-    out = F.conv2d(F.pad(img[None], (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1),
-                   groups=c)
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1),
-                   groups=c)
-    return out[0]
+    x = np.arange(-radius, radius + 1)
+    k = np.exp(-(x ** 2) / (2 * sigma ** 2)).astype(np.float32)
+    k /= k.sum()
+    H, W = img.shape[:2]
+    pad = np.pad(img, ((radius, radius), (0, 0), (0, 0)), mode="edge")
+    rows = sum(w * pad[i:i + H] for i, w in enumerate(k))
+    pad = np.pad(rows, ((0, 0), (radius, radius), (0, 0)), mode="edge")
+    return sum(w * pad[:, i:i + W] for i, w in enumerate(k))
 
 
-def augment_rgb(img: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
-    """img float32 [3, H, W] in [0, 1] -> augmented copy, clamped to [0, 1]."""
+def augment_rgb(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """img float32 [H, W, 3] in [0, 1] -> augmented copy, clipped to [0, 1] (numpy: single-threaded)."""
     if not cfg.enabled:
         return img
-    out = img
+    out = img.astype(np.float32, copy=True)
     if rng.random() < cfg.prob:
         out = _blur(out, rng.uniform(0.1, cfg.blur_sigma))
     if rng.random() < cfg.prob:
         mean = _gray(out).mean()  # contrast scales the distance to the mean grey level
-        out = (out - mean) * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) + mean
+        out = (out - mean) * np.float32(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)) + mean
     if rng.random() < cfg.prob:
-        out = out * rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
+        out = out * np.float32(rng.uniform(1 - cfg.brightness, 1 + cfg.brightness))
     if rng.random() < cfg.prob:
-        g = _gray(out)
-        out = g + (out - g) * rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
+        g = _gray(out)[..., None]
+        out = g + (out - g) * np.float32(rng.uniform(1 - cfg.saturation, 1 + cfg.saturation))
     if rng.random() < cfg.prob:
-        std = rng.uniform(0, cfg.noise_std)
-        noise = torch.from_numpy(rng.standard_normal(out.shape).astype(np.float32)) * std
-        out = out + noise
+        out = out + rng.standard_normal(out.shape, dtype=np.float32) * np.float32(rng.uniform(0, cfg.noise_std))
     if rng.random() < cfg.grayscale_prob:
-        out = _gray(out).expand(3, -1, -1)
-    return out.clamp(0, 1).contiguous()
+        out = np.repeat(_gray(out)[..., None], 3, axis=-1)
+    return np.clip(out, 0, 1).astype(np.float32, copy=False)

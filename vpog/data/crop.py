@@ -15,8 +15,6 @@ References: GigaPose `src/utils/crop.py` (square box around the bbox, resize to 
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def box_from_xywh(bbox: np.ndarray | list, scale: float = 1.0) -> tuple[float, float, float]:
@@ -58,38 +56,46 @@ def crop_matrix(box: tuple[float, float, float], size: int) -> np.ndarray:
                      [0.0, 0.0, 1.0]])
 
 
-def warp_crop(image: np.ndarray, M: np.ndarray, size: int, mode: str) -> torch.Tensor:
+def _taps(coords: np.ndarray, n: int, mode: str):
+    """Source indices (into a copy padded by one zero pixel on each side) and weights for 1-D resampling."""
+    if mode == "nearest":
+        idx = np.floor(coords + 0.5).astype(np.int64)
+        return (np.clip(idx, -1, n) + 1,), (np.ones_like(coords),)
+    lo = np.floor(coords)
+    frac = coords - lo
+    lo = lo.astype(np.int64)
+    return (np.clip(lo, -1, n) + 1, np.clip(lo + 1, -1, n) + 1), (1.0 - frac, frac)
+
+
+def warp_crop(image: np.ndarray, M: np.ndarray, size: int, mode: str) -> np.ndarray:
     """Resample image [H, W] or [H, W, C] (any numeric dtype) into the size x size crop of M.
 
-    mode "bilinear" or "nearest"; returns float32 [size, size] or [size, size, C], zeros outside.
-    Only the source window the crop needs is converted to float, so large images stay cheap.
+    mode "bilinear" or "nearest"; returns float32 [size, size] or [size, size, C], zeros outside the image
+    (the same values as torch's grid_sample with align_corners=False and zero padding). M is an axis-aligned
+    scale + translation, so the resampling is separable: rows first, then columns, in numpy (single-threaded,
+    cheap in DataLoader workers). Only the source window the crop needs is converted to float.
     """
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    if abs(M[0, 1]) > 1e-12 or abs(M[1, 0]) > 1e-12:
+        raise ValueError("M must be a scale + translation (no rotation or shear)")
     squeeze = image.ndim == 2
     if squeeze:
         image = image[..., None]
-    H, W = image.shape[:2]
-    Minv = np.linalg.inv(M)
-    # source window covered by the crop (+1 px for bilinear neighbours), clipped to the image
-    corners = Minv @ np.array([[-0.5, -0.5, size - 0.5, size - 0.5], [-0.5, size - 0.5, -0.5, size - 0.5],
-                               [1, 1, 1, 1]])
-    x0 = int(np.clip(np.floor(corners[0].min()) - 1, 0, W))
-    x1 = int(np.clip(np.ceil(corners[0].max()) + 2, 0, W))
-    y0 = int(np.clip(np.floor(corners[1].min()) - 1, 0, H))
-    y1 = int(np.clip(np.ceil(corners[1].max()) + 2, 0, H))
-    C = image.shape[2]
-    if x1 <= x0 or y1 <= y0:  # the crop lies outside the image
-        out = torch.zeros(size, size, C)
-        return out[..., 0] if squeeze else out
-    window = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
-    h, w = y1 - y0, x1 - x0
-    centres = torch.arange(size, dtype=torch.float64)
-    # crop pixel centre -> source pixel (u, v), then to grid_sample's [-1, 1] (align_corners=False)
-    u = (centres - float(M[0, 2])) / float(M[0, 0]) - x0
-    v = (centres - float(M[1, 2])) / float(M[1, 1]) - y0
-    gx = ((u + 0.5) / w * 2 - 1).float()
-    gy = ((v + 0.5) / h * 2 - 1).float()
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
-    out = F.grid_sample(window, grid, mode=mode, padding_mode="zeros", align_corners=False)[0].permute(1, 2, 0)
+    H, W, C = image.shape
+    centres = np.arange(size, dtype=np.float64)
+    u = (centres - M[0, 2]) / M[0, 0]  # crop pixel centre -> source pixel coordinate
+    v = (centres - M[1, 2]) / M[1, 1]
+    # source window (clipped to the image, plus a one-pixel zero border for out-of-image taps)
+    x0 = int(np.clip(np.floor(u.min()) - 1, 0, W))
+    x1 = int(np.clip(np.ceil(u.max()) + 2, 0, W))
+    y0 = int(np.clip(np.floor(v.min()) - 1, 0, H))
+    y1 = int(np.clip(np.ceil(v.max()) + 2, 0, H))
+    window = np.zeros((y1 - y0 + 2, x1 - x0 + 2, C), dtype=np.float32)
+    window[1:-1, 1:-1] = image[y0:y1, x0:x1]
+    rows, wr = _taps(v - y0, y1 - y0, mode)
+    cols, wc = _taps(u - x0, x1 - x0, mode)
+    tmp = sum(window[r] * w.astype(np.float32)[:, None, None] for r, w in zip(rows, wr))
+    out = sum(tmp[:, c] * w.astype(np.float32)[None, :, None] for c, w in zip(cols, wc))
+    out = np.ascontiguousarray(out, dtype=np.float32)
     return out[..., 0] if squeeze else out

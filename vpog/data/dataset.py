@@ -260,7 +260,7 @@ class VPOGDataset(torch.utils.data.Dataset):
             box = jitter_box(box, rng, self.cfg.scale_jitter, self.cfg.shift_jitter)
         M = crop_matrix(box, self.cfg.crop_size)
         size = self.cfg.crop_size
-        q_rgb = warp_crop(rgb, M, size, "bilinear").permute(2, 0, 1) / 255.0
+        q_rgb = warp_crop(rgb, M, size, "bilinear") / np.float32(255.0)
         q_depth = warp_crop(depth, M, size, "nearest")
         q_mask = warp_crop(mask.astype(np.uint8), M, size, "nearest") > 0.5
         if not q_mask.any():
@@ -268,7 +268,7 @@ class VPOGDataset(torch.utils.data.Dataset):
         if self.train:
             q_rgb = augment_rgb(q_rgb, rng, self.cfg.augment)
         if self.cfg.mask_query_rgb:
-            q_rgb = q_rgb * q_mask[None]
+            q_rgb = q_rgb * q_mask[..., None]
         return q_rgb, q_mask, q_depth, M, K, T, where
 
     def _template(self, s: int, src: TrainingSource, obj_id: int, view: int):
@@ -288,9 +288,9 @@ class VPOGDataset(torch.utils.data.Dataset):
         size = self.cfg.crop_size
         M = crop_matrix(box_from_mask(mask), size)
         entry = (
-            warp_crop(rgb, M, size, "bilinear").round().to(torch.uint8),
+            np.round(warp_crop(rgb, M, size, "bilinear")).astype(np.uint8),
             warp_crop(mask.astype(np.uint8), M, size, "nearest") > 0.5,
-            warp_crop(depth, M, size, "nearest").to(torch.float16),
+            warp_crop(depth, M, size, "nearest").astype(np.float16),
             M,
         )
         self._cache[key] = entry
@@ -335,16 +335,16 @@ class VPOGDataset(torch.utils.data.Dataset):
         views, is_pos, d_ref = self.select_templates(d_q, dirs, rng)
         crops = [self._template(s, src, obj_id, int(v)) for v in views]
         tK = src.template_K
-        images = torch.stack([q_rgb] + [c[0].permute(2, 0, 1).float() / 255.0 for c in crops])
-        masks = torch.stack([q_mask] + [c[1] for c in crops])
-        depths = torch.stack([q_depth] + [c[2].float() for c in crops])
+        images = np.stack([q_rgb] + [c[0].astype(np.float32) / np.float32(255.0) for c in crops])
+        masks = np.stack([q_mask] + [c[1] for c in crops])
+        depths = np.stack([q_depth] + [c[2].astype(np.float32) for c in crops])
         Ms = np.stack([q_M] + [c[3] for c in crops])
         Ks = np.einsum("sij,sjk->sik", Ms, np.stack([K] + [tK] * len(crops)))
         Ts = np.concatenate([T_q[None], poses[views].astype(np.float64)])
         return {
-            "images": images.float(),
-            "masks": masks,
-            "depths": depths.float(),
+            "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+            "masks": torch.from_numpy(masks),
+            "depths": torch.from_numpy(depths),
             "K": torch.from_numpy(Ks.astype(np.float32)),
             "M": torch.from_numpy(Ms.astype(np.float32)),
             "T_m2c": torch.from_numpy(Ts.astype(np.float32)),

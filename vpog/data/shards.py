@@ -114,12 +114,14 @@ def _scan_members(path: Path, file_size: int, stats: Counter) -> dict[str, tuple
             logger.warning("shard %s is damaged after %d members (%s)", path, len(members), exc)
             stats["corrupt_shard"] += 1
             return members
-        # tarfile stops silently at a bad header that is not the first: look at what follows.
+        # tarfile stops silently at a bad header that is not the first, and at a file cut between members:
+        # a sound tar ends with two zero blocks where the member list ends.
         end = tar.offset
         fh.seek(end)
         tail = fh.read(1024)
-        if tail.strip(b"\0"):
-            logger.warning("shard %s has an invalid tar header at byte %d; members after it are lost", path, end)
+        if len(tail) < 1024 or tail.strip(b"\0"):
+            what = "is truncated" if not tail.strip(b"\0") else "has an invalid tar header"
+            logger.warning("shard %s %s at byte %d; members after it are lost", path, what, end)
             stats["corrupt_shard"] += 1
     return members
 
