@@ -4,6 +4,10 @@ Every op module registers its backends with `vpog._backend` on import; `python -
 lists what "auto" picks on this machine.
 """
 
+from vpog.ops.patch_flow_labels import FlowLabels, patch_flow_labels, patch_flow_labels_reference
 from vpog.ops.s2rope_attention import apply_s2rope, s2rope_attention, s2rope_attention_reference
 
-__all__ = ["apply_s2rope", "s2rope_attention", "s2rope_attention_reference"]
+__all__ = [
+    "apply_s2rope", "s2rope_attention", "s2rope_attention_reference",
+    "FlowLabels", "patch_flow_labels", "patch_flow_labels_reference",
+]

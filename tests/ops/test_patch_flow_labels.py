@@ -1,0 +1,651 @@
+"""Tests of vpog.ops.patch_flow_labels (SPEC §4): reference path, Triton kernel, input checks.
+
+Scenes are ray-cast in closed form (unions of spheres seen by pinhole cameras, with optional
+occluders), so depths and masks of query and templates are consistent, as rendered data are.
+
+Tolerances (float32 everywhere):
+    flows, Triton vs reference .............. 1e-4 patches (same arithmetic, different rounding order)
+    decisions, Triton vs reference .......... identical unless the reference's continuous value lies
+                                               within 1e-3 px of a rounding tie or within 1e-5 m of
+                                               the depth tolerance
+    analytic flows ........................... 1e-4 patches (1.6e-3 px)
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vpog._backend import triton_interpreter, triton_status
+from vpog.geometry import invert_pose, look_at_pose
+from vpog.ops import FlowLabels, patch_flow_labels, patch_flow_labels_reference
+from vpog.ops.patch_flow_labels import _reference_impl
+
+P = 16
+HAS_CUDA = torch.cuda.is_available()
+triton_cpu = pytest.mark.skipif(
+    not (triton_status()[0] and triton_interpreter()), reason="needs triton with TRITON_INTERPRET=1"
+)
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+# --------------------------------------------------------------------------------------------
+# Scenes
+
+
+def render_spheres(centres, radii, K, T, H, W):
+    """Depth [N, H, W] (0 = empty) and index of the hit sphere [N, H, W] (-1 = none).
+
+    centres [N, M, 3] model frame, radii [N, M], K [N, 3, 3], T [N, 4, 4] (T_m2c).
+    """
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                          indexing="ij")
+    K, T, centres, radii = K.double(), T.double(), centres.double(), radii.double()
+    fx, fy, cx, cy, sk = (K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 0, 1])
+    y = (v[None] - cy[:, None, None]) / fy[:, None, None]
+    x = (u[None] - cx[:, None, None] - sk[:, None, None] * y) / fx[:, None, None]
+    d = torch.stack([x, y, torch.ones_like(x)], dim=-1).reshape(len(K), H * W, 3)  # z = 1 rays
+    C = centres @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]  # [N, M, 3] camera frame
+    dc = d @ C.transpose(1, 2)  # [N, HW, M]
+    dd = (d * d).sum(-1, keepdim=True)
+    disc = dc * dc - dd * ((C * C).sum(-1) - radii * radii)[:, None]
+    t = (dc - disc.clamp_min(0).sqrt()) / dd
+    t = torch.where((disc >= 0) & (t > 0), t, torch.inf)
+    z, idx = t.min(dim=-1)
+    hit = torch.isfinite(z)
+    depth = torch.where(hit, z, 0.0).reshape(-1, H, W).float()
+    return depth, torch.where(hit, idx, -1).reshape(-1, H, W)
+
+
+def make_K(n, f, cx, cy, gen=None, skew=0.0):
+    K = torch.zeros(n, 3, 3)
+    K[:, 0, 0] = f
+    K[:, 1, 1] = f * (1 + (0.02 * torch.rand(n, generator=gen) if gen is not None else 0.0))
+    K[:, 0, 2] = cx
+    K[:, 1, 2] = cy
+    K[:, 0, 1] = skew
+    K[:, 2, 2] = 1
+    return K
+
+
+def rot_z(angle):
+    """Rotation about the camera's optical axis, 4x4. angle [...] radians -> [..., 4, 4]."""
+    c, s = torch.cos(angle), torch.sin(angle)
+    R = torch.zeros(angle.shape + (4, 4))
+    R[..., 0, 0], R[..., 0, 1], R[..., 1, 0], R[..., 1, 1] = c, -s, s, c
+    R[..., 2, 2] = R[..., 3, 3] = 1
+    return R
+
+
+def random_scene(B, S, H=224, W=224, seed=0, occluders=True):
+    """B objects (unions of 5 spheres, ~0.2 m), a query and S templates each, as a training batch.
+
+    Templates: half near the query's viewing direction (< 25 degrees), the rest anywhere.
+    Query: random in-plane rotation, off-centre, scale different from the templates', and (with
+    `occluders`) a foreign sphere in front of part of the object (query depth includes it, the
+    query mask is the visible mask).
+    """
+    g = torch.Generator().manual_seed(seed)
+    centres = (torch.rand(B, 5, 3, generator=g) - 0.5) * 0.14
+    radii = 0.04 + 0.03 * torch.rand(B, 5, generator=g)
+    d_q = torch.nn.functional.normalize(torch.randn(B, 3, generator=g), dim=-1)
+    dist_q = 0.5 + 0.3 * torch.rand(B, generator=g)
+    T_q = rot_z(2 * math.pi * torch.rand(B, generator=g)) @ look_at_pose(d_q, dist_q)
+    T_q[:, :2, 3] += (torch.rand(B, 2, generator=g) - 0.5) * 0.06
+    scale = min(H, W) / 224
+    K_q = make_K(B, 600 * scale * (1 + 0.3 * torch.rand(B, generator=g)), W / 2 - 0.5, H / 2 - 0.5, g)
+    near = torch.nn.functional.normalize(d_q[:, None] + 0.4 * torch.randn(B, S, 3, generator=g), dim=-1)
+    far = torch.nn.functional.normalize(torch.randn(B, S, 3, generator=g), dim=-1)
+    d_t = torch.where((torch.arange(S) < (S + 1) // 2)[None, :, None], near, far)
+    T_t = look_at_pose(d_t, torch.full((B, S), 0.6))
+    K_t = make_K(B * S, 650 * scale, W / 2 - 0.5, H / 2 - 0.5, g).reshape(B, S, 3, 3)
+
+    q_depth, q_hit = render_spheres(centres, radii, K_q, T_q, H, W)
+    q_mask = q_hit >= 0
+    if occluders:  # a sphere 0.15 m in front of the object, off-axis, in the query camera frame
+        occ_c = torch.cat([(torch.rand(B, 2, generator=g) - 0.5) * 0.1, (dist_q - 0.15)[:, None]], dim=1)
+        occ_T = torch.eye(4).expand(B, 4, 4)
+        occ_d, occ_hit = render_spheres(occ_c[:, None], torch.full((B, 1), 0.025), K_q, occ_T, H, W)
+        front = (occ_hit >= 0) & ((occ_d < q_depth) | ~q_mask)
+        q_depth = torch.where(front, occ_d, q_depth)
+        q_mask = q_mask & ~front
+    t_depth, t_hit = render_spheres(centres.repeat_interleave(S, 0), radii.repeat_interleave(S, 0),
+                                    K_t.reshape(-1, 3, 3), T_t.reshape(-1, 4, 4), H, W)
+    tau = 0.02 * 0.2 * torch.ones(B)
+    return dict(q_depth=q_depth, q_mask=q_mask, q_K=K_q, q_pose=T_q,
+                t_depth=t_depth.reshape(B, S, H, W), t_mask=(t_hit >= 0).reshape(B, S, H, W),
+                t_K=K_t, t_pose=T_t, tau=tau)
+
+
+def to(scene, device):
+    return {k: v.to(device) for k, v in scene.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison with the reference, allowing only decision-boundary differences
+
+
+def _near_tie(uv, eps=1e-3):
+    """True where a coordinate of uv [..., 2] is within eps px of a rounding tie (x.5)."""
+    frac = torch.remainder(uv + 0.5, 1.0)
+    return ((frac < eps) | (frac > 1 - eps)).any(-1)
+
+
+def assert_matches_reference(out: FlowLabels, scene, flow_atol=1e-4):
+    """out equals the reference except at decision boundaries; returns the number of such cases."""
+    ref, inter = _reference_impl(**to(scene, out.patch_cls.device))
+    B, S, GH, GW = ref.patch_cls.shape
+    NP = GH * GW
+    ref_cls, out_cls = ref.patch_cls.reshape(B, S, NP), out.patch_cls.reshape(B, S, NP)
+    boundary = _near_tie(inter.anchor_uv) | (inter.anchor_res.abs() < 1e-5)
+    cls_diff = ref_cls != out_cls
+    assert not (cls_diff & ~boundary).any(), (
+        f"patch_cls differs away from decision boundaries at {int((cls_diff & ~boundary).sum())} pairs"
+    )
+    assert out.patch_cls.dtype == torch.int64 and out.dense_visible.dtype == torch.bool
+    same = (~cls_diff)[..., None]
+    torch.testing.assert_close(out.coarse_flow.reshape(B, S, NP, 2) * same,
+                               ref.coarse_flow.reshape(B, S, NP, 2) * same, atol=0, rtol=0)
+    pix_boundary = _near_tie(inter.pixel_uv) | (inter.pixel_res.abs() < 1e-5)
+    ref_vis = ref.dense_visible.reshape(B, S, NP, P * P)
+    out_vis = out.dense_visible.reshape(B, S, NP, P * P)
+    vis_diff = (ref_vis != out_vis) & same
+    assert not (vis_diff & ~pix_boundary).any(), (
+        f"dense_visible differs away from boundaries at {int((vis_diff & ~pix_boundary).sum())} pixels"
+    )
+    both = (ref_vis & out_vis)[..., None]
+    ref_flow = ref.dense_flow.reshape(B, S, NP, P * P, 2)
+    out_flow = out.dense_flow.reshape(B, S, NP, P * P, 2)
+    torch.testing.assert_close(out_flow * both, ref_flow * both, atol=flow_atol, rtol=0)
+    # invisible pixels carry zero flow in both
+    assert (out_flow[~out_vis] == 0).all()
+    return int(cls_diff.sum()) + int(vis_diff.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# Reference: shapes, realism of the random scenes
+
+
+def test_reference_shapes_and_label_mix():
+    scene = random_scene(2, 4, seed=1)
+    out = patch_flow_labels(**scene, backend="reference")
+    assert out.patch_cls.shape == (2, 4, 14, 14) and out.patch_cls.dtype == torch.int64
+    assert out.coarse_flow.shape == (2, 4, 14, 14, 2) and out.coarse_flow.dtype == torch.float32
+    assert out.dense_flow.shape == (2, 4, 14, 14, 16, 16, 2) and out.dense_flow.dtype == torch.float32
+    assert out.dense_visible.shape == (2, 4, 14, 14, 16, 16) and out.dense_visible.dtype == torch.bool
+    cls = out.patch_cls
+    # a realistic mix: ignored background, buddies, unseen (back side / occlusion)
+    assert (cls == -1).float().mean() > 0.2
+    assert ((cls >= 0) & (cls < 196)).sum() > 50
+    assert (cls == 196).sum() > 20
+    # the query mask decides the ignore label exactly
+    anchors_mask = scene["q_mask"][:, 8::16, 8::16] & (scene["q_depth"][:, 8::16, 8::16] > 0)
+    assert torch.equal(cls[:, 0] == -1, ~anchors_mask)
+    # non-buddy pairs are all zero; buddies have integer coarse flow = grid offset
+    no_buddy = (cls < 0) | (cls == 196)
+    assert (out.dense_flow[no_buddy] == 0).all() and not out.dense_visible[no_buddy].any()
+    assert (out.coarse_flow[no_buddy] == 0).all()
+    iy, ix = torch.meshgrid(torch.arange(14), torch.arange(14), indexing="ij")
+    bud = cls.clamp(0, 195)
+    want = torch.stack([bud % 14 - ix, bud // 14 - iy], dim=-1).float()
+    assert torch.equal(out.coarse_flow[~no_buddy], want[~no_buddy])
+    # most buddy pixels that are visible stay close to their query patch
+    vis = out.dense_visible
+    assert vis.sum() > 1000
+    assert (out.dense_flow[vis].abs().amax(-1) <= 1.5).float().mean() > 0.5
+
+
+def test_reference_reprojection_consistency():
+    """Where visible, the template pixel's 3D point lands on query object pixels at the same depth."""
+    scene = random_scene(2, 3, seed=2, occluders=False)
+    out = patch_flow_labels(**scene, backend="reference")
+    B, S = 2, 3
+    cls = out.patch_cls
+    centres = torch.stack(torch.meshgrid(torch.arange(14), torch.arange(14), indexing="ij")[::-1], -1) * 16 + 7.5
+    r = centres[None, None, :, :, None, None, :] + 16 * out.dense_flow  # query pixels
+    vis = out.dense_visible
+    ru, rv = (r[..., 0] + 0.5).floor().long(), (r[..., 1] + 0.5).floor().long()
+    b_idx = torch.arange(B)[:, None, None, None, None, None].expand_as(ru)
+    assert scene["q_mask"][b_idx[vis], rv[vis], ru[vis]].all()
+    # and the buddy patch is where the anchor projects (the same patch for both directions of
+    # an identity-like pair is checked in the analytic tests)
+    assert ((cls >= 0) & (cls < 196)).any()
+    assert vis.float().mean() > 0.01 * S / 3
+
+
+# --------------------------------------------------------------------------------------------
+# Analytic cases (run on the reference and, under the interpreter, on the Triton kernel)
+
+
+def _backends():
+    out = ["reference"]
+    if triton_status()[0] and (HAS_CUDA or triton_interpreter()):
+        out.append("triton")
+    return out
+
+
+def _dev(backend):
+    return "cuda" if HAS_CUDA and backend == "triton" else "cpu"
+
+
+def _grid(H=224, W=224):
+    iy, ix = torch.meshgrid(torch.arange(H // 16), torch.arange(W // 16), indexing="ij")
+    v, u = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    return iy, ix, u, v
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_template_equals_query(backend):
+    """Every buddy is the patch itself; flow = pixel offset from the patch centre, visible = valid."""
+    scene = random_scene(1, 1, seed=3, occluders=False)
+    scene["q_K"][:, 0, 1] = 3.0  # a little skew exercises the full K
+    scene.update(t_depth=scene["q_depth"][:, None].clone(), t_mask=scene["q_mask"][:, None].clone(),
+                 t_K=scene["q_K"][:, None].clone(), t_pose=scene["q_pose"][:, None].clone())
+    # holes in the query mask only (depth unchanged) and in the query depth only; anchors are at
+    # rows 8 + 16 k: the first hole covers some, the others none (their pixels have buddies)
+    scene["q_mask"][0, 100:110, 100:140] = False
+    scene["q_mask"][0, 41:47, 100:140] = False
+    scene["q_depth"][0, 60:70, 100:140] = 0
+    out = patch_flow_labels(**to(scene, _dev(backend)), backend=backend)
+    out = FlowLabels(*(t.cpu() for t in out))
+    iy, ix, u, v = _grid()
+    valid = scene["q_mask"][0, 8::16, 8::16] & (scene["q_depth"][0, 8::16, 8::16] > 0)
+    assert torch.equal(out.patch_cls[0, 0], torch.where(valid, iy * 14 + ix, -1))
+    assert (out.coarse_flow == 0).all()
+    pix_valid = (scene["q_mask"][0] & (scene["q_depth"][0] > 0)).reshape(14, 16, 14, 16).permute(0, 2, 1, 3)
+    assert torch.equal(out.dense_visible[0, 0], pix_valid & valid[..., None, None])
+    assert (~valid & scene["t_mask"][0, 0, 8::16, 8::16]).sum() >= 3  # the first hole covers anchors
+    t_valid = scene["t_mask"][0, 0].reshape(14, 16, 14, 16).permute(0, 2, 1, 3)
+    assert (~pix_valid & valid[..., None, None] & t_valid).sum() > 300  # pixels the holes hide
+    want = torch.stack([(u - 7.5) / 16, (v - 7.5) / 16], dim=-1).expand(14, 14, 16, 16, 2)
+    vis = out.dense_visible[0, 0]
+    torch.testing.assert_close(out.dense_flow[0, 0][vis], want[vis], atol=1e-4, rtol=0)
+    assert vis.sum() > 5000
+
+
+def _plane_scene(H, W, q_K, t_K, q_pose, t_pose, depth=0.5, bounded=True):
+    """Fronto-parallel plane at `depth` in the query camera, seen by templates at t_pose.
+
+    bounded: the plane is exactly what the query image sees (template mask = its footprint);
+    else it is infinite (template mask = everything in front of the template camera).
+    """
+    B, S = t_K.shape[:2]
+    q_depth = torch.full((B, H, W), depth)
+    q_mask = torch.ones(B, H, W, dtype=torch.bool)
+    # plane z = depth in the query camera: n . X_q = depth with n = e_z; template depth by ray-plane
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                          indexing="ij")
+    T = (q_pose[:, None].double() @ invert_pose(t_pose.double()))  # template camera -> query camera
+    Kd = t_K.double()
+    y = (v - Kd[..., 1, 2, None, None]) / Kd[..., 1, 1, None, None]
+    x = (u - Kd[..., 0, 2, None, None] - Kd[..., 0, 1, None, None] * y) / Kd[..., 0, 0, None, None]
+    ray_q = (T[..., 2, 0, None, None] * x + T[..., 2, 1, None, None] * y + T[..., 2, 2, None, None])
+    zt = (depth - T[..., 2, 3, None, None]) / ray_q  # template z where the ray meets the plane
+    Xq = [T[..., k, 0, None, None] * x * zt + T[..., k, 1, None, None] * y * zt
+          + T[..., k, 2, None, None] * zt + T[..., k, 3, None, None] for k in range(3)]
+    uq = q_K[:, None, 0, 0, None, None] * Xq[0] / Xq[2] + q_K[:, None, 0, 2, None, None]
+    vq = q_K[:, None, 1, 1, None, None] * Xq[1] / Xq[2] + q_K[:, None, 1, 2, None, None]
+    t_mask = zt > 0
+    if bounded:
+        t_mask &= (uq >= -0.5) & (uq < W - 0.5) & (vq >= -0.5) & (vq < H - 0.5)
+    t_depth = torch.where(t_mask, zt, 0.0).float()
+    return dict(q_depth=q_depth, q_mask=q_mask, q_K=q_K, q_pose=q_pose, t_depth=t_depth, t_mask=t_mask,
+                t_K=t_K, t_pose=t_pose, tau=torch.full((B,), 0.004))
+
+
+def _check_closed_form(out, scene, to_template, to_query, H=224, W=224):
+    """Compare labels with closed-form maps query px -> template px and template px -> query px."""
+    iy, ix, u, v = _grid(H, W)
+    GH, GW = H // 16, W // 16
+    a = torch.stack([ix * 16 + 8.0, iy * 16 + 8.0], dim=-1).double()
+    p = to_template(a)
+    pr = (p + 0.5).floor()
+    inside = (pr[..., 0] >= 0) & (pr[..., 0] <= W - 1) & (pr[..., 1] >= 0) & (pr[..., 1] <= H - 1)
+    prc = pr.clamp_min(0).long()
+    inside &= scene["t_mask"][0, 0, prc[..., 1].clamp(max=H - 1), prc[..., 0].clamp(max=W - 1)]
+    buddy = torch.where(inside, prc[..., 1] // 16 * GW + prc[..., 0] // 16, GH * GW)
+    # decisions at exact float ties are implementation-defined: allow them to differ
+    assert not ((out.patch_cls[0, 0] != buddy) & ~_near_tie(p, 1e-3)).any()
+    buddy = out.patch_cls[0, 0]
+    inside = buddy < GH * GW
+    jx, jy = buddy % GW, buddy // GW
+    pix = torch.stack([(jx * 16)[..., None, None] + u, (jy * 16)[..., None, None] + v], dim=-1).double()
+    r = to_query(pix)
+    rr = (r + 0.5).floor()
+    in_image = (rr[..., 0] >= 0) & (rr[..., 0] <= W - 1) & (rr[..., 1] >= 0) & (rr[..., 1] <= H - 1)
+    vis = inside[..., None, None] & in_image
+    tie = _near_tie(r, 1e-3)
+    assert not ((out.dense_visible[0, 0] != vis) & ~tie).any()
+    centre = torch.stack([ix * 16 + 7.5, iy * 16 + 7.5], dim=-1).double()[..., None, None, :]
+    want = ((r - centre) / 16).float()
+    m = out.dense_visible[0, 0] & vis
+    torch.testing.assert_close(out.dense_flow[0, 0][m], want[m], atol=1e-4, rtol=0)
+    assert m.sum() > 1000
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_image_plane_translation(backend):
+    """Template camera translated parallel to a fronto-parallel plane: the image shifts by f t / Z."""
+    H = W = 224
+    q_K = make_K(1, 400.0, 111.5, 111.5)
+    t_K = q_K[:, None].clone()
+    q_pose = torch.eye(4)[None].clone()
+    q_pose[0, 2, 3] = 0.5  # plane z = 0.5 in the query camera is the model plane z = 0
+    shift = torch.tensor([37.3, -21.7], dtype=torch.float64)  # px, template = query + shift
+    t_pose = q_pose[:, None].clone()
+    t_pose[0, 0, :2, 3] = (shift * 0.5 / 400.0).float()
+    scene = _plane_scene(H, W, q_K, t_K, q_pose, t_pose, depth=0.5)
+    out = patch_flow_labels(**to(scene, _dev(backend)), backend=backend)
+    out = FlowLabels(*(t.cpu() for t in out))
+    _check_closed_form(out, scene, lambda a: a + shift, lambda p: p - shift)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_in_plane_rotation(backend):
+    """Template camera rotated about the optical axis: the image rotates about the principal point."""
+    H = W = 224
+    c = torch.tensor([111.5, 111.5], dtype=torch.float64)
+    q_K = make_K(1, 400.0, 111.5, 111.5)
+    q_pose = torch.eye(4)[None].clone()
+    q_pose[0, 2, 3] = 0.5
+    ang = 0.6
+    t_pose = (rot_z(torch.tensor(ang)) @ q_pose)[:, None]
+    scene = _plane_scene(H, W, q_K, q_K[:, None].clone(), q_pose, t_pose, depth=0.5)
+    out = patch_flow_labels(**to(scene, _dev(backend)), backend=backend)
+    out = FlowLabels(*(t.cpu() for t in out))
+    Rm = torch.tensor([[math.cos(ang), -math.sin(ang)], [math.sin(ang), math.cos(ang)]], dtype=torch.float64)
+    _check_closed_form(out, scene, lambda a: (a - c) @ Rm.T + c, lambda p: (p - c) @ Rm + c)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_occluders(backend):
+    """Query occluder (visible mask, or full mask + depth test) hides pixels; template occluder -> unseen."""
+    scene = random_scene(1, 1, seed=4, occluders=False)
+    scene.update(t_depth=scene["q_depth"][:, None].clone(), t_mask=scene["q_mask"][:, None].clone(),
+                 t_K=scene["q_K"][:, None].clone(), t_pose=scene["q_pose"][:, None].clone())
+    obj = scene["q_mask"][0].clone()
+    box = torch.zeros(224, 224, dtype=torch.bool)
+    box[60:130, 70:150] = True  # an occluder 5 cm in front of the object over this box
+    occ = box & obj
+    assert occ.sum() > 2000
+    q_depth = scene["q_depth"].clone()
+    q_depth[0][occ] -= 0.05
+    iy, ix, u, v = _grid()
+    for mask_kind in ("visib", "full"):
+        s = dict(scene, q_depth=q_depth,
+                 q_mask=(obj & ~occ)[None] if mask_kind == "visib" else obj[None].clone())
+        out = patch_flow_labels(**to(s, _dev(backend)), backend=backend)
+        out = FlowLabels(*(t.cpu() for t in out))
+        # template pixels behind the occluder are invisible, all others of the object visible
+        tpx = torch.stack([ix[..., None, None] * 16 + u.long(), iy[..., None, None] * 16 + v.long()], -1)
+        behind = occ[tpx[..., 1], tpx[..., 0]]
+        has_buddy = (out.patch_cls[0, 0] >= 0) & (out.patch_cls[0, 0] < 196)
+        in_obj = obj[tpx[..., 1], tpx[..., 0]] & has_buddy[..., None, None]
+        assert not out.dense_visible[0, 0][behind].any()
+        assert out.dense_visible[0, 0][in_obj & ~behind].all()
+        assert (out.dense_flow[0, 0][behind] == 0).all()
+        anchor_occ = occ[8::16, 8::16]
+        if mask_kind == "visib":  # the anchor's query mask is empty: ignored
+            assert (out.patch_cls[0, 0][anchor_occ] == -1).all()
+        else:  # the anchor sees the occluder: its 3D point is 5 cm off the template surface -> unseen
+            assert (out.patch_cls[0, 0][anchor_occ] == 196).all()
+    # template-side occluder (template mask still 1): anchors whose point it hides are unseen
+    t_depth = scene["t_depth"].clone()
+    t_depth[0, 0][occ] -= 0.05
+    out = patch_flow_labels(**to(dict(scene, t_depth=t_depth), _dev(backend)), backend=backend)
+    anchor_occ = occ[8::16, 8::16]
+    assert anchor_occ.sum() > 5
+    assert (out.patch_cls[0, 0].cpu()[anchor_occ] == 196).all()
+    kept = ~anchor_occ & obj[8::16, 8::16]
+    assert torch.equal(out.patch_cls[0, 0].cpu()[kept], (iy * 14 + ix)[kept])
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_object_leaving_the_image(backend):
+    """A plane larger than both images, template at half the focal length and off-centre.
+
+    Query anchors on the left project outside the template (unseen); buddy patches near the
+    right border of the query spread over 32 query pixels, part of them outside the query image
+    (invisible, zero flow).
+    """
+    H = W = 224
+    q_K = make_K(1, 400.0, 111.5, 111.5)
+    t_K = make_K(1, 200.0, 36.0, 111.5)[:, None]
+    q_pose = torch.eye(4)[None].clone()
+    q_pose[0, 2, 3] = 0.5
+    scene = _plane_scene(H, W, q_K, t_K, q_pose, q_pose[:, None].clone(), depth=0.5, bounded=False)
+    assert scene["t_mask"].all()
+    out = patch_flow_labels(**to(scene, _dev(backend)), backend=backend)
+    out = FlowLabels(*(t.cpu() for t in out))
+    c_q = torch.tensor([111.5, 111.5], dtype=torch.float64)
+    c_t = torch.tensor([36.0, 111.5], dtype=torch.float64)
+    _check_closed_form(out, scene, lambda a: (a - c_q) / 2 + c_t, lambda p: (p - c_t) * 2 + c_q)
+    assert (out.patch_cls == 196).sum() >= 14  # the left column of query patches
+    has = (out.patch_cls[0, 0] >= 0) & (out.patch_cls[0, 0] < 196)
+    lost = has[..., None, None] & ~out.dense_visible[0, 0]
+    assert lost.sum() > 100  # buddy pixels that land outside the query image
+    assert (out.dense_flow[0, 0][lost] == 0).all()
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_rounding_ties_and_image_border(backend):
+    """round = floor(p + 0.5) (ties go up) and p in [-0.5, W - 0.5); exact float arithmetic.
+
+    Template 0 is the query shifted by +7.5 px in u, template 1 by -8.5 px: every projection
+    lands exactly on a tie (powers of two and depth 1 make every step exact).
+    """
+    H, W = 64, 96  # a 4 x 6 grid: non-square sizes are allowed
+    q_K = make_K(1, 256.0, 100.0, 30.0)
+    t_K = torch.stack([make_K(1, 256.0, 107.5, 30.0), make_K(1, 256.0, 91.5, 30.0)], dim=1)
+    q_depth = torch.ones(1, H, W)
+    q_mask = torch.ones(1, H, W, dtype=torch.bool)
+    pose = torch.eye(4)[None].clone()
+    pose[0, 2, 3] = 1.0
+    scene = dict(q_depth=q_depth, q_mask=q_mask, q_K=q_K, q_pose=torch.eye(4)[None],
+                 t_depth=q_depth[:, None].repeat(1, 2, 1, 1), t_mask=q_mask[:, None].repeat(1, 2, 1, 1),
+                 t_K=t_K, t_pose=torch.eye(4).expand(1, 2, 4, 4).clone(), tau=torch.tensor([0.01]))
+    out = patch_flow_labels(**to(scene, _dev(backend)), backend=backend)
+    out = FlowLabels(*(t.cpu() for t in out))
+    assert out.patch_cls.shape == (1, 2, 4, 6)
+    iy, ix = torch.meshgrid(torch.arange(4), torch.arange(6), indexing="ij")
+    k = torch.arange(16)[None, None, None, :]
+    for s, du, want_cls in (
+        # anchor 16 ix + 8 -> 16 ix + 15.5 -> 16 (ix + 1): the next patch; the last column is outside
+        (0, 7.5, torch.where(ix < 5, iy * 6 + ix + 1, 24)),
+        # anchor -> 16 ix - 0.5 -> 16 ix: the same patch; ix = 0 gives -0.5 -> 0, inside
+        (1, -8.5, iy * 6 + ix),
+    ):
+        assert torch.equal(out.patch_cls[0, s], want_cls), s
+        has = (want_cls < 24)[..., None, None]
+        u_t = ((want_cls % 6) * 16)[..., None, None] + k  # template pixel u'
+        r = u_t - du  # query u: ties everywhere; round(r) = r + 0.5
+        vis_want = (has & (r + 0.5 >= 0) & (r + 0.5 <= W - 1)).expand(4, 6, 16, 16)
+        assert torch.equal(out.dense_visible[0, s], vis_want), s
+        if s == 1:  # r = 95.5 = W - 0.5 rounds to W: outside
+            assert not vis_want[:, 5, :, 7:].any() and vis_want[:, 5, :, :7].all()
+        flow_u = ((r - (ix * 16 + 7.5)[..., None, None]) / 16).float().expand(4, 6, 16, 16)
+        assert torch.equal(out.dense_flow[0, s][..., 0][vis_want], flow_u[vis_want])
+        assert (out.dense_flow[0, s][..., 0][~vis_want] == 0).all()
+
+
+def _patches(img, H, W):
+    """[..., H, W] -> [..., GH, GW, 16, 16] (per patch, row-major pixels)."""
+    return img.reshape(img.shape[:-2] + (H // 16, 16, W // 16, 16)).transpose(-3, -2)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_empty_depth_and_mask_holes(backend):
+    """Depth 0 is empty even when |0 - z| <= tau; mask 0 is empty even where the depth fits.
+
+    A plane 3 mm in front of the query camera, the template camera 1 mm closer (tau = 10 mm, so
+    only the emptiness rules can reject), template focal length scaled so pixels map to themselves.
+    """
+    H = W = 64
+    q_K = make_K(1, 100.0, 31.5, 31.5)
+    t_K = make_K(1, 100.0 * 2 / 3, 31.5, 31.5)[:, None]
+    t_pose = torch.eye(4)[None, None].clone()
+    t_pose[..., 2, 3] = -0.001
+    q_depth, t_depth = torch.full((1, H, W), 0.003), torch.full((1, 1, H, W), 0.002)
+    q_mask, t_mask = torch.ones(1, H, W, dtype=torch.bool), torch.ones(1, 1, H, W, dtype=torch.bool)
+    q_depth[0, 8, 8] = 0  # anchor of patch 0: ignored
+    q_mask[0, 18:22, 20:30] = False  # pixels of patch 1, depth intact
+    q_depth[0, 34:38, 20:30] = 0  # pixels of patch 5, mask intact
+    t_mask[0, 0, 8, 40] = False  # at the anchor of patch 2: unseen
+    t_depth[0, 0, 8, 56] = 0  # at the anchor of patch 3: unseen
+    t_mask[0, 0, 50:54, 4:12] = False  # pixels of patch 12
+    t_depth[0, 0, 50:54, 36:44] = 0  # pixels of patch 14
+    scene = dict(q_depth=q_depth, q_mask=q_mask, q_K=q_K, q_pose=torch.eye(4)[None], t_depth=t_depth,
+                 t_mask=t_mask, t_K=t_K, t_pose=t_pose, tau=torch.tensor([0.01]))
+    out = patch_flow_labels(**to(scene, _dev(backend)), backend=backend)
+    out = FlowLabels(*(t.cpu() for t in out))
+    want = torch.arange(16)
+    want[0], want[2], want[3] = -1, 16, 16
+    assert torch.equal(out.patch_cls.reshape(16), want)
+    buddy = (want >= 0) & (want < 16)
+    valid = _patches((q_mask & (q_depth > 0))[0] & (t_mask & (t_depth > 0))[0, 0], H, W).reshape(16, 16, 16)
+    assert torch.equal(out.dense_visible.reshape(16, 16, 16), valid & buddy[:, None, None])
+    assert (~valid[buddy]).sum() == 40 + 40 + 32 + 32  # every hole lies on a buddy patch
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_points_behind_cameras_are_never_seen(backend):
+    """z <= 0 rejects even with a huge tau (10 m).
+
+    The template camera sits 1 m in front of the query camera looking back at it, so a point at
+    query depth d has template depth 1 - d: depth 1.5 puts it behind the other camera.
+    """
+    H = W = 64
+    K = make_K(1, 100.0, 31.5, 31.5)
+    t_pose = torch.tensor([[-1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, 1], [0, 0, 0, 1]])[None, None]
+    q_depth, t_depth = torch.full((1, H, W), 0.5), torch.full((1, 1, H, W), 0.5)
+    # near the optical axis, so that without the z > 0 rule they would project into the image
+    q_depth[0, 24, 24] = 1.5  # anchor of patch 5 behind the template camera
+    t_depth[0, 0, 24:40, 28:36] = 1.5  # template pixels behind the query camera
+    ones = torch.ones(1, H, W, dtype=torch.bool)
+    scene = dict(q_depth=q_depth, q_mask=ones, q_K=K, q_pose=torch.eye(4)[None], t_depth=t_depth,
+                 t_mask=ones[:, None].clone(), t_K=K[:, None].clone(), t_pose=t_pose, tau=torch.tensor([10.0]))
+    out = patch_flow_labels(**to(scene, _dev(backend)), backend=backend)
+    out = FlowLabels(*(t.cpu() for t in out))
+    iy, ix = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    want = iy * 4 + 3 - ix  # mirrored in u
+    want[1, 1] = 16
+    assert torch.equal(out.patch_cls[0, 0], want)
+    behind = _patches(t_depth[0, 0] > 1, H, W)[want.clamp(max=15) // 4, want.clamp(max=15) % 4]
+    assert torch.equal(out.dense_visible[0, 0], ~behind & (want < 16)[..., None, None])
+    assert behind[want < 16].sum() >= 64
+
+
+# --------------------------------------------------------------------------------------------
+# Triton vs reference on random realistic scenes
+
+
+@triton_cpu
+@pytest.mark.parametrize("B,S,H,W", [(2, 3, 224, 224), (1, 2, 80, 48)])
+def test_triton_interpreter_matches_reference(B, S, H, W):
+    scene = random_scene(B, S, H, W, seed=10 + B)
+    out = patch_flow_labels(**scene, backend="triton")
+    assert_matches_reference(out, scene)
+
+
+@triton_cpu
+def test_triton_interpreter_block_sizes():
+    from vpog.kernels.patch_flow_labels import patch_flow_labels_fwd
+
+    scene = random_scene(1, 2, 48, 64, seed=7)
+    for block_p in (1, 8):  # 12 patches: 8 leaves a partial block
+        out = FlowLabels(*patch_flow_labels_fwd(**scene, block_p=block_p))
+        assert_matches_reference(out, scene)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("B,S,H,W,seed", [(4, 6, 224, 224, 20), (3, 5, 224, 224, 21), (2, 3, 112, 80, 23),
+                                          (32, 6, 224, 224, 22)])
+def test_triton_gpu_matches_reference(B, S, H, W, seed):
+    scene = to(random_scene(B, S, H, W, seed=seed), "cuda")
+    junk = torch.full((B * S * H * W * 4,), float("nan"), device="cuda")  # freed blocks full of NaN:
+    del junk  # outputs allocated from them must still be written everywhere
+    out = patch_flow_labels(**scene)  # auto on CUDA = Triton
+    n_boundary = assert_matches_reference(out, scene)
+    assert n_boundary <= B * S * 196 * 256 * 1e-4
+    assert all(torch.isfinite(t.float()).all() for t in out)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_triton_gpu_non_contiguous_inputs():
+    scene = to(random_scene(2, 4, seed=24), "cuda")
+    strided = dict(scene, t_depth=scene["t_depth"].transpose(-1, -2).contiguous().transpose(-1, -2),
+                   t_pose=scene["t_pose"].transpose(0, 1).contiguous().transpose(0, 1),
+                   q_mask=scene["q_mask"][:, None].expand(2, 3, 224, 224)[:, 1])
+    assert not strided["t_depth"].is_contiguous()
+    assert_matches_reference(patch_flow_labels(**strided, backend="triton"), scene)
+
+
+def test_auto_backend():
+    scene = random_scene(1, 1, 32, 32, seed=8)
+    out = patch_flow_labels(**scene)  # CPU: the reference
+    ref = patch_flow_labels_reference(**scene)
+    for a, b in zip(out, ref):
+        assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Input validation
+
+
+@pytest.fixture
+def small():
+    return random_scene(2, 2, 32, 48, seed=9)
+
+
+@pytest.mark.parametrize("name,bad,match", [
+    ("q_depth", lambda s: s["q_depth"][0], r"q_depth must have shape \[B, H, W\]"),
+    ("q_depth", lambda s: s["q_depth"].double(), "q_depth must be float32"),
+    ("q_depth", lambda s: s["q_depth"][:, :30], "multiples of the patch size"),
+    ("q_mask", lambda s: s["q_mask"].float(), "q_mask must be bool"),
+    ("q_mask", lambda s: s["q_mask"][:1], r"q_mask must have shape \[2, 32, 48\]"),
+    ("q_K", lambda s: s["q_K"][:, :2], r"q_K must have shape \[2, 3, 3\]"),
+    ("q_K", lambda s: s["q_K"].long(), "q_K must be float32 or float64"),
+    ("q_pose", lambda s: s["q_pose"][:, :3], r"q_pose must have shape \[2, 4, 4\]"),
+    ("t_depth", lambda s: s["t_depth"][:, :, :16], r"t_depth must have shape \[B, S, H, W\]"),
+    ("t_depth", lambda s: s["t_depth"].half(), "t_depth must be float32"),
+    ("t_mask", lambda s: s["t_mask"][:, :1], r"t_mask must have shape \[2, 2, 32, 48\]"),
+    ("t_mask", lambda s: s["t_mask"].to(torch.uint8), "t_mask must be bool"),
+    ("t_K", lambda s: s["t_K"][:1], r"t_K must have shape \[2, 2, 3, 3\]"),
+    ("t_pose", lambda s: s["t_pose"][:, 0], r"t_pose must have shape \[2, 2, 4, 4\]"),
+    ("tau", lambda s: s["tau"][:1], r"tau must have shape \[B\] = \[2\]"),
+    ("tau", lambda s: s["tau"].long(), "tau must be floating point"),
+    ("tau", lambda s: -s["tau"], "tau must be positive"),
+    ("tau", lambda s: "0.01", "tau must be a tensor"),
+    ("q_pose", lambda s: s["q_pose"] * torch.tensor([2.0, 2, 2, 1])[:, None], "q_pose must hold rigid"),
+    ("t_pose", lambda s: s["t_pose"] + torch.tensor([[0, 0.1, 0, 0]] + [[0.0] * 4] * 3), "t_pose must hold rigid"),
+    ("q_pose", lambda s: torch.diag(torch.tensor([1.0, 1, -1, 1])).expand(2, 4, 4), "q_pose must hold rigid"),
+    ("t_pose", lambda s: s["t_pose"].clone().index_fill_(-2, torch.tensor([3]), 0.5), "t_pose must hold rigid"),
+    ("q_pose", lambda s: torch.full_like(s["q_pose"], float("nan")), "q_pose contains NaN"),
+    ("q_mask", lambda s: s["q_mask"].to("meta"), "q_mask must be on q_depth's device"),
+])
+def test_bad_inputs(small, name, bad, match):
+    with pytest.raises(ValueError, match=match):
+        patch_flow_labels(**dict(small, **{name: bad(small)}), backend="reference")
+
+
+def test_numbers_and_float64_poses_are_accepted(small):
+    ref = patch_flow_labels(**small, backend="reference")
+    out = patch_flow_labels(**dict(small, tau=float(small["tau"][0]), q_pose=small["q_pose"].double(),
+                                   t_K=small["t_K"].double()), backend="reference")
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_unknown_and_unavailable_backends(small, monkeypatch):
+    with pytest.raises(ValueError, match="backend must be"):
+        patch_flow_labels(**small, backend="fast")
+    with pytest.raises(RuntimeError, match="no backend 'cuda'"):
+        patch_flow_labels(**small, backend="cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if not HAS_CUDA:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            patch_flow_labels(**small, backend="triton")
