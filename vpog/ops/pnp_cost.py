@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from vpog._backend import register_op, select_backend
+from vpog._backend import extension_status, register_op, select_backend
 
 Z_MIN = 0.01
 """Default lower clamp of the projective depth, metres (EPro-PnP-6DoF's training camera)."""
@@ -220,3 +220,30 @@ def pnp_cost(pose, x3d, x2d, w2d, K, delta, z_min: float = Z_MIN, backend: str =
         float(z_min),
     )
     return cost[0] if squeeze else cost
+
+
+def extension_op_exists(name: str) -> bool:
+    """Whether the loaded extension defines `torch.ops.vpog.<name>` (whatever its kernels)."""
+    if not extension_status()[0]:
+        return False
+    try:
+        getattr(torch.ops.vpog, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _register_fake() -> None:
+    if not (extension_op_exists("pnp_cost_fwd") and extension_op_exists("pnp_cost_bwd")):
+        return
+
+    @torch.library.register_fake("vpog::pnp_cost_fwd")
+    def _(pose, x3d, x2d, w2d, K, delta, z_min):
+        return x3d.new_empty((pose.shape[0], x3d.shape[0]))
+
+    @torch.library.register_fake("vpog::pnp_cost_bwd")
+    def _(grad_cost, pose, x3d, x2d, w2d, K, delta, z_min):
+        return torch.empty_like(x3d), torch.empty_like(x2d), torch.empty_like(w2d), torch.empty_like(delta)
+
+
+_register_fake()

@@ -43,13 +43,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vpog._backend import extension_status, register_op, select_backend
+from vpog._backend import register_op, select_backend
 from vpog.ops.pnp_cost import (
     RELATIVE_DELTA,
     Z_MIN,
     adaptive_huber_delta,
     check_pose,
     check_problem,
+    extension_op_exists,
     huber_half_rho,
     pnp_cost_reference,
     project_points,
@@ -116,8 +117,13 @@ def pose_add(pose: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     return torch.cat((pose[..., :3] + step[..., :3], F.normalize(q_new, dim=-1)), dim=-1)
 
 
-def evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose, z_min: float, clip_jac: bool):
-    """IRLS-weighted residual [B, 2N], Jacobian [B, 2N, 6] and cost [B] at pose [B, 7]."""
+def evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose, z_min: float, clip_jac: bool,
+                          differentiable: bool = False):
+    """IRLS-weighted residual [B, 2N], Jacobian [B, 2N, 6] and cost [B] at pose [B, 7].
+
+    `differentiable` uses EPro-PnP's autograd form of the IRLS weight,
+    min(sqrt(max(delta, eps)) / sqrt(max(|e|, eps)), 1) (the same value for delta >= eps).
+    """
     B, N = x3d.shape[:2]
     uv, x_rot, z, clamped = project_points(x3d, pose, K, z_min)
     zz = z.unsqueeze(-1)  # [B, N, 1, 1]
@@ -131,13 +137,16 @@ def evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose, z_min: float, clip_jac:
     s = residual.norm(dim=-1)
     d = delta[:, None]
     cost = huber_half_rho(s, d).sum(dim=-1)
-    rho_d_sqrt = (d / s.clamp(min=IRLS_EPS)).clamp(max=1.0).sqrt()
+    if differentiable:
+        rho_d_sqrt = (d.clamp(min=IRLS_EPS).sqrt() * s.clamp(min=IRLS_EPS).rsqrt()).clamp(max=1.0)
+    else:
+        rho_d_sqrt = (d / s.clamp(min=IRLS_EPS)).clamp(max=1.0).sqrt()
     residual = residual * rho_d_sqrt[..., None]
     jac = jac * (w2d * rho_d_sqrt[..., None])[..., None]
     return residual.reshape(B, 2 * N), jac.reshape(B, 2 * N, 6), cost
 
 
-def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """A^-1 b for SPD A [B, 6, 6], b [B, 6] by Cholesky; zero where A cannot be factorised."""
     L, info = torch.linalg.cholesky_ex(A)
     ok = (info == 0) & torch.isfinite(L).all(dim=(-1, -2))
@@ -157,7 +166,7 @@ def _lm_reference(x3d, x2d, w2d, K, delta, pose, num_iter: int, fast_mode: bool,
                 res, jac, cost = evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose, z_min, clip_jac=False)
             jt = jac.transpose(-1, -2)
             jtj = jt @ jac + LM_EPS * eye
-            step = -_spd_solve(jtj, (jt @ res.unsqueeze(-1)).squeeze(-1))
+            step = -spd_solve(jtj, (jt @ res.unsqueeze(-1)).squeeze(-1))
             pose = pose_add(pose, step)
         jtj = jac.transpose(-1, -2) @ jac + LM_EPS * eye
         return pose, cost, jtj
@@ -176,7 +185,7 @@ def _lm_reference(x3d, x2d, w2d, K, delta, pose, num_iter: int, fast_mode: bool,
         diag = torch.diagonal(jtj, dim1=-2, dim2=-1)
         damp = diag.clamp(min=MIN_LM_DIAGONAL, max=MAX_LM_DIAGONAL) / radius[:, None] + LM_EPS
         grad = (jt @ res.unsqueeze(-1)).squeeze(-1)
-        step = -_spd_solve(jtj + torch.diag_embed(damp), grad)
+        step = -spd_solve(jtj + torch.diag_embed(damp), grad)
         pose_new = pose_add(pose, step)
         res_new, jac_new, cost_new = evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose_new, z_min, True)
         model_change = -(step * ((jtj @ step.unsqueeze(-1)).squeeze(-1) / 2 + grad)).sum(-1)
@@ -367,7 +376,7 @@ def pnp_solve(x3d, x2d, w2d, K, pose_init=None, num_iter: int = 10, fast_mode: b
 
 
 def _register_fake() -> None:
-    if not extension_status()[0]:
+    if not extension_op_exists("pnp_solve"):
         return
 
     @torch.library.register_fake("vpog::pnp_solve")
