@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from eval_scenes import DIAMETER, intrinsics, query_and_templates, render_ellipsoid
+from eval_scenes import DIAMETER, intrinsics, micro_model, query_and_templates, render_ellipsoid
 
 from vpog.evaluation.correspondences import correspondences_from_labels
 from vpog.evaluation.inference import (
@@ -20,16 +20,12 @@ from vpog.evaluation.inference import (
 )
 from vpog.evaluation.metrics import rotation_error_deg
 from vpog.geometry import look_at_pose, viewing_direction
-from vpog.model import VPOG, load_model_config
 from vpog.ops.patch_flow_labels import patch_flow_labels
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    cfg = load_model_config("vpog_tiny")
-    cfg.attention_backend = "reference"
-    return VPOG(cfg).eval()
+    return micro_model()
 
 
 def _sphere_dirs(n: int) -> torch.Tensor:
@@ -56,7 +52,7 @@ def test_group_forward_matches_model_forward(tiny_model):
     t = torch.rand(B, S, 3, 224, 224)
     dirs = _sphere_dirs(B * S).view(B, S, 3)
     R = look_at_pose(dirs[:, 0], 0.5)[:, :3, :3]
-    ref = tiny_model(tiny_model.normalize(q), tiny_model.normalize(t), dirs, dirs[:, 0], R)
+    ref = tiny_model(q, t, dirs, dirs[:, 0], R)  # the model takes RGB in [0, 1]
     q_tok = encode(tiny_model, q)
     t_tok = encode(tiny_model, t.flatten(0, 1)).view(B, S, 196, -1)
     out = group_forward(tiny_model, q_tok, t_tok, dirs, dirs[:, 0], R)
