@@ -143,8 +143,8 @@ def test_template_crops_cached_and_index_cached(tiny_set, monkeypatch):
 
     ds = VPOGDataset(config(tiny_set), train=False)
     calls = []
-    real = dataset_mod.load_view
-    monkeypatch.setattr(dataset_mod, "load_view", lambda *a: calls.append(a) or real(*a))
+    real = dataset_mod.read_view
+    monkeypatch.setattr(dataset_mod, "read_view", lambda *a: calls.append(a) or real(*a))
     ds[0]
     first = len(calls)
     assert first == 5

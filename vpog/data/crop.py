@@ -27,10 +27,10 @@ def box_from_xywh(bbox: np.ndarray | list, scale: float = 1.0) -> tuple[float, f
 
 def box_from_mask(mask: np.ndarray, scale: float = 1.0) -> tuple[float, float, float]:
     """Square box around the nonzero pixels of mask [H, W]; ValueError when the mask is empty."""
-    ys, xs = np.nonzero(mask)
-    if xs.size == 0:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
         raise ValueError("mask is empty: no box around it")
-    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    x0, x1, y0, y1 = cols[0], cols[-1], rows[0], rows[-1]
     return box_from_xywh([x0, y0, x1 - x0 + 1, y1 - y0 + 1], scale)
 
 

@@ -40,7 +40,7 @@ from .crop import box_from_mask, box_from_xywh, crop_matrix, jitter_box, warp_cr
 from .rle import rle_to_mask
 from .shards import ShardReadError
 from .sources import TrainingSource
-from .templates import load_view, read_png_depth, viewing_directions
+from .templates import read_png_depth, read_view, viewing_directions
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,8 @@ class VPOGDataset(torch.utils.data.Dataset):
             self._cache.move_to_end(key)
             return hit
         try:
-            rgb, mask, depth = load_view(src.template_root, src.name, obj_id, view)
+            rgba, depth = read_view(src.template_root, src.name, obj_id, view)
+            rgb, mask = rgba[..., :3], rgba[..., 3] >= 128
         except FileNotFoundError as exc:
             raise SampleError("missing_template", str(exc)) from None
         except (ValueError, OSError, SyntaxError) as exc:

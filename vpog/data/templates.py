@@ -118,8 +118,8 @@ def read_png_depth(data_or_path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def load_view(root: str | Path, name: str, obj_id: int, view: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One stored template -> (rgb uint8 [H, W, 3], mask bool [H, W], depth float32 metres [H, W]).
+def read_view(root: str | Path, name: str, obj_id: int, view: int) -> tuple[np.ndarray, np.ndarray]:
+    """One stored template, raw -> (rgba uint8 [H, W, 4], depth float32 metres [H, W]).
 
     Raises FileNotFoundError naming the missing file.
     """
@@ -130,6 +130,13 @@ def load_view(root: str | Path, name: str, obj_id: int, view: int) -> tuple[np.n
         if not p.is_file():
             raise FileNotFoundError(f"template {p} is missing")
     with Image.open(rgba_path) as im:
-        rgba = np.asarray(im.convert("RGBA"))
-    depth = read_png_depth(depth_path) / 1000.0
+        rgba = np.asarray(im if im.mode == "RGBA" else im.convert("RGBA"))
+    depth = read_png_depth(depth_path)
+    depth *= np.float32(0.001)
+    return rgba, depth
+
+
+def load_view(root: str | Path, name: str, obj_id: int, view: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One stored template -> (rgb uint8 [H, W, 3], mask bool [H, W] (alpha >= 128), depth float32 metres [H, W])."""
+    rgba, depth = read_view(root, name, obj_id, view)
     return np.ascontiguousarray(rgba[..., :3]), rgba[..., 3] >= 128, depth
