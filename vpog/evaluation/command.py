@@ -93,13 +93,42 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict | None, Path]:
     raise ValueError(f"checkpoint={path}: neither a vpog checkpoint ({{'model': ...}}) nor a state dict")
 
 
-def build_models(cfg, device: torch.device, untrained: bool) -> tuple[dict[str, torch.nn.Module], str]:
-    """{method: model} in eval mode on `device`, and a name for the run."""
+def data_from_checkpoint(cfg, saved: dict | None, argv: list[str]):
+    """`cfg` with the checkpoint's `data` and `split` sections (what it was trained with and held out),
+    then the command line's `data.*` / `split.*` overrides on top. Unchanged when the checkpoint saved
+    no config, when `eval.data_from_checkpoint` is false, or when the command line picks `data=<option>`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    if not saved or not bool(cfg.eval.data_from_checkpoint) or not isinstance(saved.get("data"), dict):
+        return cfg
+    parsed = OverridesParser.create().parse_overrides(list(argv))
+    if any(ov.key_or_group == "data" for ov in parsed):
+        return cfg
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    out.data = saved["data"]
+    if isinstance(saved.get("split"), dict):
+        out.split = saved["split"]
+    for ov in parsed:
+        key = ov.key_or_group
+        if key.startswith(("data.", "split.")) and not ov.is_delete():
+            OmegaConf.update(out, key, ov.value(), force_add=True)
+    log.info("data and split from the checkpoint's config (set eval.data_from_checkpoint=false to use data=...)")
+    return out
+
+
+def build_models(cfg, device: torch.device, untrained: bool, checkpoint=None) -> tuple[dict[str, torch.nn.Module], str]:
+    """{method: model} in eval mode on `device`, and a name for the run.
+
+    checkpoint: `read_checkpoint(cfg.checkpoint)` when already read.
+    """
     from vpog.model import VPOG as VPOGNet
     from vpog.model import vpog_config_from_dict
 
     state, saved, file = (None, None, None)
-    if cfg.checkpoint is not None:
+    if checkpoint is not None:
+        state, saved, file = checkpoint
+    elif cfg.checkpoint is not None:
         state, saved, file = read_checkpoint(cfg.checkpoint)
     model_dict = dict(_plain(cfg.model))
     if saved and isinstance(saved.get("model"), dict):
@@ -171,7 +200,9 @@ def run_evaluation(cfg, argv: list[str] | None = None) -> dict:
     bad = sorted(set(baselines) - set(BASELINES))
     if bad:
         raise ValueError(f"eval.baselines: unknown {bad}; choose from {list(BASELINES)}")
-    models, name = build_models(cfg, device, untrained="untrained" in baselines)
+    ckpt = read_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
+    cfg = data_from_checkpoint(cfg, ckpt[1] if ckpt else None, argv or [])
+    models, name = build_models(cfg, device, untrained="untrained" in baselines, checkpoint=ckpt)
     subset, library, objects, split = build_eval_data(cfg, seed=int(cfg.seed))
     if len(subset) == 0:
         raise ValueError(f"no queries to evaluate for objects {objects} (eval.objects={e.objects})")

@@ -200,6 +200,9 @@ def per_estimate_values(rows: Mapping[str, list]) -> dict[str, torch.Tensor]:
     }
 
 
+VALIDATION_INFERENCE = {"num_candidates": 42, "refine_candidates": 8}  # 42 spread centres, then the best's 8
+
+
 class PoseValidator:
     """Pose metrics for the trainer's validation (see `vpog.training.task.TrainTask.val_step`).
 
@@ -207,12 +210,14 @@ class PoseValidator:
     concatenate them); `summarise(values)` reduces them to `pose/<method>/{ar, ar_mssd, ar_mspd,
     add_s_recall, rot_err_deg_median, trans_err_mm_median, retrieval_err_deg_median, retrieval_acc15}`.
     `libraries` holds one `ObjectLibrary` per training source (`VPOGBatch.dataset_id` picks it).
+    The default inference config searches coarse-to-fine (`VALIDATION_INFERENCE`), about 3x cheaper
+    than scoring every template; pass an `InferenceConfig` to change it.
     """
 
     def __init__(self, libraries: list[ObjectLibrary], cfg: InferenceConfig | None = None,
                  image_width: float = 640.0, nearest_template: bool = True):
         self.libraries = list(libraries)
-        self.cfg = cfg or InferenceConfig()
+        self.cfg = cfg or InferenceConfig(**VALIDATION_INFERENCE)
         self.image_width = float(image_width)
         self.nearest_template = nearest_template
 
