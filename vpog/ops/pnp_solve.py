@@ -96,13 +96,6 @@ class PnPResult(NamedTuple):
 # Reference building blocks
 
 
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    """[v]x of v [..., 3] -> [..., 3, 3]."""
-    x, y, z = v.unbind(-1)
-    o = torch.zeros_like(x)
-    return torch.stack((o, -z, y, z, o, -x, -y, x, o), dim=-1).reshape(v.shape + (3,))
-
-
 def quaternion_tangent(q: torch.Tensor) -> torch.Tensor:
     """EPro-PnP's 4x3 map from a rotation step dtheta to a quaternion increment. q [..., 4] -> [..., 4, 3]."""
     w, i, j, k = q.unbind(-1)
@@ -130,7 +123,11 @@ def evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose, z_min: float, clip_jac:
     j_xy = K[:, None, :2, :2] / zz
     j_z = (K[:, None, :2, 2:3] - uv.unsqueeze(-1)) / zz
     j_t = torch.cat((j_xy, j_z), dim=-1)  # [B, N, 2, 3]
-    jac = torch.cat((j_t, j_t @ _skew(2 * x_rot)), dim=-1)  # [B, N, 2, 6]
+    a = (2 * x_rot).unsqueeze(-2)  # [B, N, 1, 3]; J_rot = J_t [a]x, written out (no tiny batched matmuls)
+    j0, j1, j2 = j_t.unbind(-1)
+    a0, a1, a2 = a.unbind(-1)
+    j_r = torch.stack((j1 * a2 - j2 * a1, j2 * a0 - j0 * a2, j0 * a1 - j1 * a0), dim=-1)
+    jac = torch.cat((j_t, j_r), dim=-1)  # [B, N, 2, 6]
     if clip_jac:
         jac = jac.masked_fill(clamped[..., None, None], 0)
     residual = (uv - x2d) * w2d
@@ -206,7 +203,7 @@ def _lm_reference(x3d, x2d, w2d, K, delta, pose, num_iter: int, fast_mode: bool,
 def center_based_translation(x3d, x2d, K, eps: float = 1e-6):
     """EPro-PnP's translation guess from the spread of x2d (normalised camera) and x3d. -> [B, 3]."""
     x2dh = F.pad(x2d, [0, 1], mode="constant", value=1.0)
-    x2dc = torch.linalg.solve(K, x2dh.transpose(-1, -2)).transpose(-1, -2)
+    x2dc = torch.linalg.solve_ex(K, x2dh.transpose(-1, -2))[0].transpose(-1, -2)  # no error (or sync) if singular
     x2dc = x2dc[..., :2] / x2dc[..., 2:].clamp(min=eps)
     x2dc_std, x2dc_mean = torch.std_mean(x2dc, dim=-2)
     x3d_std = torch.std(x3d, dim=-2)
@@ -292,7 +289,8 @@ def pnp_solve_reference(x3d, x2d, w2d, K, delta, pose_init=None, num_iter=10, fa
         x3d, x2d, w2d, K, delta = (t.detach() for t in (x3d, x2d, w2d, K, delta))
         bad = _input_bad(x3d, x2d, w2d, K, delta, pose_init)
         zero = lambda t: torch.where(bad.reshape((B,) + (1,) * (t.dim() - 1)), torch.zeros_like(t), t)
-        x3d, x2d, w2d, K, delta = (zero(t) for t in (x3d, x2d, w2d, K, delta))
+        x3d, x2d, w2d, delta = (zero(t) for t in (x3d, x2d, w2d, delta))
+        K = torch.where(bad[:, None, None], torch.eye(3, dtype=K.dtype, device=K.device), K)
         ident = identity_pose(B, x3d.dtype, x3d.device)
         cost_init = torch.zeros_like(delta)
         if pose_init is not None:
@@ -347,7 +345,7 @@ def pnp_solve(x3d, x2d, w2d, K, pose_init=None, num_iter: int = 10, fast_mode: b
         check_pose("pose_init", pose_init, x3d, B, leading=False)
     if delta is None:
         with torch.no_grad():
-            delta = adaptive_huber_delta(x2d, w2d, relative_delta) if N > 1 else x3d.new_zeros(B)
+            delta = adaptive_huber_delta(x2d, w2d, relative_delta) if N > 1 and B > 0 else x3d.new_zeros(B)
     check_problem(x3d, x2d, w2d, K, delta=delta)
     for name, value, low in (("num_iter", num_iter, 0), ("init_iter", init_iter, 0),
                              ("init_proposals", init_proposals, 1), ("init_points", init_points, 1)):

@@ -1,0 +1,63 @@
+"""Random PnP problems for tests and benchmarks (one setup factory, SPEC §1 conventions).
+
+An object of `size` metres (points uniform in a cube) at 0.5-1 m in front of a 224x224 crop camera
+(f = 600 px), a uniformly random rotation, pixel noise `noise` (px, Gaussian) and weights in
+[0.1, 0.6) per coordinate (or all ones with `equal_weights`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from vpog.geometry import quaternion_to_matrix
+
+
+class PnPProblems(NamedTuple):
+    """x3d [B, N, 3] metres, x2d [B, N, 2] px, w2d [B, N, 2], K [B, 3, 3], pose [B, 7] the true T_m2c."""
+
+    x3d: torch.Tensor
+    x2d: torch.Tensor
+    w2d: torch.Tensor
+    K: torch.Tensor
+    pose: torch.Tensor
+
+
+def random_pnp_problems(B: int, N: int, noise: float = 1.0, dtype=torch.float64, device=None,
+                        generator: torch.Generator | None = None, size: float = 0.2,
+                        equal_weights: bool = False) -> PnPProblems:
+    def rand(*shape):
+        return torch.rand(shape, dtype=dtype, generator=generator).to(device)
+
+    def randn(*shape):
+        return torch.randn(shape, dtype=dtype, generator=generator).to(device)
+
+    x3d = (rand(B, N, 3) - 0.5) * size
+    q = randn(B, 4)
+    q = q / q.norm(dim=-1, keepdim=True)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    t = torch.stack((0.05 * randn(B), 0.05 * randn(B), 0.5 + 0.5 * rand(B)), dim=-1)
+    K = torch.tensor([[600.0, 0.0, 112.0], [0.0, 600.0, 112.0], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+    K = K.expand(B, 3, 3).clone()
+    X = x3d @ quaternion_to_matrix(q).transpose(-1, -2) + t[:, None]
+    uv = X[..., :2] / X[..., 2:] * 600.0 + 112.0
+    x2d = uv + noise * randn(B, N, 2)
+    w2d = torch.ones_like(x2d) if equal_weights else rand(B, N, 2) * 0.5 + 0.1
+    return PnPProblems(x3d, x2d, w2d, K, torch.cat((t, q), dim=-1))
+
+
+def perturb_poses(pose: torch.Tensor, t_sigma: float, angle_deg: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Poses [B, 7] moved by N(0, t_sigma^2) metres and rotated by `angle_deg` about random axes."""
+    B = pose.shape[0]
+    dtype, device = pose.dtype, pose.device
+    axis = torch.randn((B, 3), dtype=dtype, generator=generator).to(device)
+    axis = axis / axis.norm(dim=-1, keepdim=True)
+    half = torch.tensor(angle_deg * torch.pi / 360.0, dtype=dtype, device=device)
+    dq = torch.cat((half.cos().expand(B, 1), half.sin() * axis), dim=-1)
+    w1, v1 = dq[:, :1], dq[:, 1:]
+    w2, v2 = pose[:, 3:4], pose[:, 4:]
+    q = torch.cat((w1 * w2 - (v1 * v2).sum(-1, keepdim=True), w1 * v2 + w2 * v1 + torch.cross(v1, v2, dim=-1)), -1)
+    t = pose[:, :3] + t_sigma * torch.randn((B, 3), dtype=dtype, generator=generator).to(device)
+    return torch.cat((t, q), dim=-1)
