@@ -143,7 +143,7 @@ class MetricLogger:
         if self._tb is not None:
             for k, v in values.items():
                 if math.isfinite(v):
-                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+                    self._tb.add_scalar(f"{kind}/{k}".replace(" ", "_"), v, step)
         self._write({"kind": kind, "step": step, "time": time.time(), **values})
         if self._bar is None or kind != "train":
             keys = ("loss", "lr", "grad_norm", "images_per_s") if kind == "train" else sorted(values)

@@ -75,6 +75,9 @@ class TrainTask:
     """Passed to DistributedDataParallel (True when some parameters may get no gradient in a step)."""
     no_decay_names: Sequence[str] = ()
     """Parameter-name fragments excluded from weight decay besides 1-D parameters (e.g. learned tokens)."""
+    pass_sample_seed: bool = False
+    """True when the datasets take `(index, seed)` keys and draw from their own generator seeded with it;
+    False: the trainer seeds the global RNGs before each sample instead (see `sampler.PositionedDataset`)."""
 
     def __init__(self, cfg: Any, *, rank: int = 0, world_size: int = 1) -> None:
         self.cfg = cfg
@@ -99,6 +102,18 @@ class TrainTask:
     def val_dataset(self) -> Dataset | None:
         """Held-out data for periodic validation; None disables validation."""
         return None
+
+    def epoch_order(self, dataset: Dataset) -> tuple[int, Callable[[int], Sequence[int]]] | None:
+        """(samples per epoch, order(epoch) -> that many dataset indices, the same on every rank), e.g. to mix
+        several sets by ratio; None: a random permutation of the whole dataset every epoch."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-rank state outside the model to checkpoint (running statistics of a loss, ...)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of `state_dict` (this rank's saved state, or rank 0's after a world-size change)."""
 
     def collate(self, samples: list[Any]) -> Any:
         return default_collate(samples)

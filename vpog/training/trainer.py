@@ -190,9 +190,11 @@ class Trainer:
 
         self.batch_size = self.task.batch_size()
         train_set = self.task.train_dataset()
-        self.sampler = StreamBatchSampler(len(train_set), self.batch_size, self.ctx.rank, self.ctx.world_size,
-                                          seed=c.seed, start=self.samples_consumed)
-        self.train_loader = self._loader(PositionedDataset(train_set, c.seed), self.sampler)
+        order = self.task.epoch_order(train_set)
+        num, order_fn = order if order is not None else (len(train_set), None)
+        self.sampler = StreamBatchSampler(num, self.batch_size, self.ctx.rank, self.ctx.world_size, seed=c.seed,
+                                          start=self.samples_consumed, order=order_fn)
+        self.train_loader = self._loader(self._positioned(train_set), self.sampler)
         self._train_iter = None
         self.val_set = self.task.val_dataset() if c.log.val_every_steps > 0 else None
         self.metrics = MetricLogger(self.run_dir, c.log, c.optim.max_steps, start_step=self.step,
@@ -208,6 +210,9 @@ class Trainer:
 
         text = OmegaConf.to_yaml(self.cfg, resolve=True) if isinstance(self.cfg, DictConfig) else str(self.cfg)
         (self.run_dir / "config.yaml").write_text(text)
+
+    def _positioned(self, dataset) -> PositionedDataset:
+        return PositionedDataset(dataset, self.config.seed, pass_seed=self.task.pass_sample_seed)
 
     def _loader(self, dataset, batch_sampler) -> DataLoader:
         extra_init = self.task.worker_init_fn()
@@ -243,7 +248,10 @@ class Trainer:
         self.skipped_steps = int(counters["skipped_steps"])
         self.consecutive_skipped = int(counters["consecutive_skipped"])
         rngs, skipped = state["rng"], counters["skipped_samples"]
-        if len(rngs) == self.ctx.world_size:
+        task_states = state.get("task") or [{}]
+        same_world = len(rngs) == self.ctx.world_size
+        self.task.load_state_dict(task_states[self.ctx.rank if same_world else 0])
+        if same_world:
             restore_rng_state(rngs[self.ctx.rank], self.device)
             self.skipped_samples = int(skipped[self.ctx.rank])
         else:
@@ -259,7 +267,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """The training state; collective (every rank must call it): per-rank RNG states are gathered."""
-        per_rank = D.all_gather_object({"rng": capture_rng_state(self.device),
+        per_rank = D.all_gather_object({"rng": capture_rng_state(self.device), "task": self.task.state_dict(),
                                         "skipped_samples": self.skipped_samples})
         if not self.ctx.is_main:
             return {}
@@ -272,6 +280,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": [r["rng"] for r in per_rank],
+            "task": [r["task"] for r in per_rank],
             "data": {"samples_consumed": self.samples_consumed, "seed": self.config.seed,
                      "batch_size": self.batch_size, "world_size": self.ctx.world_size},
             "counters": {"skipped_steps": self.skipped_steps, "consecutive_skipped": self.consecutive_skipped,
@@ -435,7 +444,7 @@ class Trainer:
             model.eval()
             sampler = StreamBatchSampler(len(self.val_set), self.batch_size, self.ctx.rank, self.ctx.world_size,
                                          seed=c.seed, shuffle=False)
-            loader = self._loader(PositionedDataset(self.val_set, c.seed), sampler)
+            loader = self._loader(self._positioned(self.val_set), sampler)
             values: dict[str, list[torch.Tensor]] = {}
             t0 = time.perf_counter()
             for i, batch in enumerate(loader):
