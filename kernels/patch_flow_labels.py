@@ -185,9 +185,11 @@ def _patch_flow_labels_fwd_kernel(
 
 
 def patch_flow_labels_fwd(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau,
-                          block_p: int = 4, num_warps: int = 4):
+                          block_p: int | None = None, num_warps: int = 4):
     """Launch the kernel. Inputs as `vpog.ops.patch_flow_labels` (already checked); tau [B] float32.
 
+    block_p: query patches per program (a power of two). Default 4 on the GPU; 64 for CPU tensors
+    (the interpreter's cost is per program, so fewer, larger programs run much faster there).
     Returns (patch_cls, coarse_flow, dense_flow, dense_visible), shapes of `FlowLabels`.
     """
     P = 16
@@ -207,6 +209,10 @@ def patch_flow_labels_fwd(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_
     vis = torch.empty((B, S, GH, GW, P, P), dtype=torch.uint8, device=dev)
     if B * S == 0:
         return cls, coarse, flow, vis.view(torch.bool)
+    if block_p is None:
+        block_p = 4 if dev.type == "cuda" else 64
+    if block_p < 1 or block_p & (block_p - 1):
+        raise ValueError(f"block_p must be a power of two, got {block_p}")
     num_pblocks = triton.cdiv(NP, block_p)
     grid = (B * S * num_pblocks,)
     _patch_flow_labels_fwd_kernel[grid](

@@ -554,9 +554,11 @@ def test_triton_interpreter_block_sizes():
     from vpog.kernels.patch_flow_labels import patch_flow_labels_fwd
 
     scene = random_scene(1, 2, 48, 64, seed=7)
-    for block_p in (1, 8):  # 12 patches: 8 leaves a partial block
+    for block_p in (1, 8, 64):  # 12 patches: 8 leaves a partial block, 64 (the CPU default) one
         out = FlowLabels(*patch_flow_labels_fwd(**scene, block_p=block_p))
         assert_matches_reference(out, scene)
+    with pytest.raises(ValueError, match="block_p must be a power of two"):
+        patch_flow_labels_fwd(**scene, block_p=3)
 
 
 @pytest.mark.cuda

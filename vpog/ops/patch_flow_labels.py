@@ -150,8 +150,8 @@ def _check_inputs(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, ta
     return tau.to(torch.float32)
 
 
-def _rigid_error_fast(T: torch.Tensor) -> torch.Tensor:
-    """Float32 rigidity error of T [N, 4, 4] (NaN stays NaN): max |R^T R - I|, |det R - 1|, |row 3 - e4|."""
+def _rigid_error(T: torch.Tensor) -> torch.Tensor:
+    """Rigidity error of T [N, 4, 4] (NaN stays NaN): max of |R^T R - I|, |det R - 1|, |row 3 - e4|."""
     R = T[:, :3, :3]
     eye = torch.eye(3, dtype=T.dtype, device=T.device)
     orth = (R.transpose(-1, -2) @ R - eye).abs().flatten(1)
@@ -161,18 +161,24 @@ def _rigid_error_fast(T: torch.Tensor) -> torch.Tensor:
 
 
 def _check_values(q_pose, t_pose, tau) -> None:
-    """Rigid poses and positive finite tau, with a single device sync when everything is fine."""
-    err = _rigid_error_fast(torch.cat([q_pose.reshape(-1, 4, 4), t_pose.reshape(-1, 4, 4)]).float())
-    tau_ok = torch.isfinite(tau) & (tau > 0)
-    ok = (err <= RIGID_ATOL).all() & tau_ok.all()  # NaN errors compare False
-    if bool(ok):
-        return
-    check_rigid("q_pose", q_pose, atol=RIGID_ATOL)
-    check_rigid("t_pose", t_pose, atol=RIGID_ATOL)
-    if not bool(tau_ok.all()):
-        raise ValueError(f"tau must be positive and finite (metres), got {tau.tolist()}")
-    raise ValueError("q_pose or t_pose is not rigid to float32 precision "
-                     f"(worst deviation {float(err.nan_to_num(float('inf')).max()):.3g} > {RIGID_ATOL})")
+    """Rigid poses and positive finite tau.
+
+    One small device-to-host copy (a single sync on CUDA) of the poses and tau; the checks run on
+    the CPU copy, so the GPU sees two launches, not one per check.
+    """
+    B, S = t_pose.shape[:2]
+    host = torch.cat([q_pose.reshape(-1).float(), t_pose.reshape(-1).float(), tau.reshape(-1)]).cpu()
+    q_host = host[:B * 16].reshape(B, 4, 4)
+    t_host = host[B * 16:B * 16 + B * S * 16].reshape(B, S, 4, 4)
+    tau_host = host[B * 16 + B * S * 16:]
+    for name, T in (("q_pose", q_host), ("t_pose", t_host)):
+        err = _rigid_error(T.reshape(-1, 4, 4)) if T.numel() else torch.zeros(0)
+        if not bool((err <= RIGID_ATOL).all()):  # NaN errors compare False
+            check_rigid(name, T, atol=RIGID_ATOL)
+            raise ValueError(f"{name} is not rigid to float32 precision "
+                             f"(worst deviation {float(err.nan_to_num(float('inf')).max()):.3g} > {RIGID_ATOL})")
+    if not bool((torch.isfinite(tau_host) & (tau_host > 0)).all()):
+        raise ValueError(f"tau must be positive and finite (metres), got {tau_host.tolist()}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,8 +200,8 @@ def _round_in_image(uv: torch.Tensor, H: int, W: int):
     return r[..., 0].long(), r[..., 1].long(), inside
 
 
-def _reference_impl(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau):
-    """The reference computation; returns (FlowLabels, _Intermediates). Inputs already checked, float32."""
+def _reference_impl(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau, intermediates=True):
+    """The reference computation -> (FlowLabels, _Intermediates or None). Inputs already checked."""
     B, H, W = q_depth.shape
     S = t_depth.shape[1]
     P = PATCH_SIZE
@@ -256,6 +262,8 @@ def _reference_impl(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, 
         dense_flow=flow.reshape(B, S, GH, GW, P, P, 2),
         dense_visible=visible.reshape(B, S, GH, GW, P, P),
     )
+    if not intermediates:
+        return labels, None
     inter = _Intermediates(
         anchor_uv=p,
         anchor_res=torch.where(in_t, res_t, float("nan")),
@@ -268,10 +276,11 @@ def _reference_impl(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, 
 def patch_flow_labels_reference(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau) -> FlowLabels:
     """Vectorised PyTorch reference of `patch_flow_labels` (float32, no Python loops over samples).
 
-    Inputs as `patch_flow_labels`, unchecked; tau [B] float tensor.
+    Inputs as `patch_flow_labels`, unchecked; tau [B] float tensor or a number.
     """
+    tau = torch.as_tensor(tau, dtype=torch.float32, device=q_depth.device).expand(q_depth.shape[0])
     with torch.no_grad():
-        return _reference_impl(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau)[0]
+        return _reference_impl(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau, False)[0]
 
 
 # --------------------------------------------------------------------------------------------
