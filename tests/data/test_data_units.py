@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vpog.data import MixedSampler
+from vpog.data import DataConfig, MixedSampler
 from vpog.data.augment import AugmentConfig, augment_rgb
 from vpog.data.bop_writer import write_shard
 from vpog.data.crop import box_from_mask, box_from_xywh, crop_matrix, warp_crop
@@ -165,3 +165,21 @@ def test_shard_index_random_access_and_cache(tmp_path):
 
     clone = pickle.loads(pickle.dumps(again))  # what a DataLoader worker gets: no shared descriptors
     assert clone.read(0, "rgb") == b"jpg"
+
+
+def test_data_configs_compose():
+    pytest.importorskip("hydra")
+    from vpog.cli import load_config
+
+    for name in ("synthetic", "gso", "shapenet", "gso_shapenet"):
+        cfg = DataConfig.from_cfg(load_config("train", [f"data={name}"]).data)
+        assert cfg.num_positive_templates == 4 and cfg.train_datasets
+    mixed = DataConfig.from_cfg(load_config("train", ["data=gso_shapenet", "data.data_root=/x"]).data)
+    assert [d.root for d in mixed.train_datasets] == ["/x/gso", "/x/shapenet"]
+    assert [d.templates for d in mixed.train_datasets] == ["/x/templates", "/x/templates"]
+    synth = load_config("train", []).data
+    assert synth.train_datasets[0].root == synth.synthesize.out
+    # the data config's synthesize block holds exactly the CLI's keys
+    assert set(synth.synthesize) == set(load_config("synthesize", []))
+    with pytest.raises(ValueError, match="unknown data config keys"):
+        DataConfig.from_cfg({"batch_size": 2, "bogus": 1, "train_datasets": []})

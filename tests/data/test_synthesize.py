@@ -293,3 +293,13 @@ def test_cli_rejects_unknown_keys(tmp_path, capsys):
         main([f"out={tmp_path}", "num_object=3"])
     assert exc.value.code == 2
     assert "num_objects" in capsys.readouterr().err
+
+
+def test_no_gl_gives_a_clear_error(tiny_settings, tmp_path, monkeypatch):
+    pytest.importorskip("pyrender")
+    import vpog.data.render as render
+    from vpog.data.synthesize import synthesize
+
+    monkeypatch.setattr(render, "egl_available", lambda: (False, "headless OpenGL (EGL) unavailable: test"))
+    with pytest.raises(render.RenderError, match="libegl1"):
+        synthesize(tiny_settings(tmp_path / "x"))

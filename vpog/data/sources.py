@@ -136,9 +136,9 @@ class TrainingSource:
     def diameter(self, obj_id: int) -> float:
         """Object diameter in metres (models_info, else GigaPose's diameter.json, else the template distance)."""
         d = self.models_info.get(obj_id, {}).get("diameter")
-        if d is None:
+        if d is None or d <= 0:
             d = self._diameter_json.get(obj_id)
-        if d is None:
+        if d is None or d <= 0:  # GigaPose's diameter.json says -1 for objects it could not load
             poses, _ = self.template_poses(obj_id)
             return float(np.median(np.linalg.norm(poses[:, :3, 3], axis=1)))
         return float(d) / 1000.0
