@@ -354,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = parse_cli("synthesize", argv, description=__doc__.split("\n\n")[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    manifest = synthesize(cfg)
+    from .render import RenderError
+
+    try:
+        manifest = synthesize(cfg)
+    except (ValueError, FileNotFoundError, RenderError) as exc:
+        logger.error("%s", exc)
+        return 2
     logger.info("done: %s", json.dumps(manifest["stats"]))
     return 0
 
