@@ -227,14 +227,17 @@ def draw_random_init(w2d, num_proposals: int, num_points: int, generator=None):
         peak = mean_w.amax(dim=-1, keepdim=True)
         floor = torch.where(peak > 0, peak * 1e-6, torch.ones_like(peak))
         mean_w = torch.where(npos < k, mean_w + floor, mean_w)
-        probs = mean_w.unsqueeze(0).expand(num_proposals, B, N).reshape(num_proposals * B, N)
-        index = torch.multinomial(probs, k, replacement=False, generator=generator)
+        # sampling without replacement as the k largest w / E, E ~ Exp(1) (what torch.multinomial does,
+        # without its host-side validity check: no device synchronisation)
+        keys = torch.empty((num_proposals, B, N), dtype=mean_w.dtype, device=mean_w.device)
+        keys = mean_w / keys.exponential_(generator=generator)
+        index = torch.topk(keys, k, dim=-1).indices
         quat = torch.randn((num_proposals, B, 4), dtype=w2d.dtype, device=w2d.device, generator=generator)
         q_norm = quat.norm(dim=-1, keepdim=True)
         ident = torch.zeros_like(quat)
         ident[..., 0] = 1
         quat = torch.where(q_norm < LM_EPS, ident, quat / q_norm)
-    return index.reshape(num_proposals, B, k), quat
+    return index, quat
 
 
 def _random_init_reference(x3d, x2d, w2d, K, delta, index, quat, init_iter, fast_mode, z_min):
@@ -353,9 +356,9 @@ def pnp_solve(x3d, x2d, w2d, K, pose_init=None, num_iter: int = 10, fast_mode: b
             raise ValueError(f"{name} must be an integer >= {low}, got {value}")
     choice = select_backend("pnp_solve", backend, x3d.device)
     index = quat = None
-    if (pose_init is None or force_init_solve) and N > 0:
+    if (pose_init is None or force_init_solve) and N > 0 and B > 0:
         index, quat = draw_random_init(w2d.detach(), init_proposals, init_points, generator)
-    if N == 0:
+    if N == 0 or B == 0:
         ident = identity_pose(B, x3d.dtype, x3d.device)
         eye = torch.eye(6, dtype=x3d.dtype, device=x3d.device).expand(B, 6, 6) * LM_EPS
         zeros = x3d.new_zeros(B)
