@@ -165,6 +165,9 @@ def test_shard_index_random_access_and_cache(tmp_path):
 
     clone = pickle.loads(pickle.dumps(again))  # what a DataLoader worker gets: no shared descriptors
     assert clone.read(0, "rgb") == b"jpg"
+    # indexing in worker processes gives the same index
+    parallel = ShardIndex(root, cache_dir=tmp_path / "cache2", num_workers=2)
+    assert np.array_equal(parallel.offsets, again.offsets) and np.array_equal(parallel.inst_visib, again.inst_visib)
 
 
 def test_data_configs_compose():
