@@ -595,6 +595,90 @@ def test_auto_backend():
 
 
 # --------------------------------------------------------------------------------------------
+# Labels of the synthetic training set agree with its rendered scenes
+
+
+@pytest.fixture(scope="module")
+def synthetic_batch(tmp_path_factory):
+    """Every usable instance of a tiny synthesized set (1 procedural object, 3 scenes), one batch."""
+    try:
+        from vpog.data.render import egl_available
+    except Exception as exc:  # the render extra (trimesh, pyrender) is missing
+        pytest.skip(f"rendering stack unavailable: {exc}")
+    ok, reason = egl_available()
+    if not ok:
+        pytest.skip(reason)
+    from vpog.data import DataConfig, VPOGDataset, collate_vpog
+    from vpog.data.synthesize import synthesize
+
+    out = tmp_path_factory.mktemp("synthetic_labels")
+    synthesize({
+        "out": str(out), "name": "synthetic", "meshes": "procedural", "num_objects": 1, "num_images": 3,
+        "images_per_shard": 3, "image_size": [160, 120], "template_level": 0, "template_size": [160, 120],
+        "template_lighting": "ambient", "template_distance_factor": None, "normalize": True, "max_extent": 0.2,
+        "mesh_units": "auto", "objects_per_image": [1, 1], "distractors_per_image": [1, 1], "occluder_prob": 0.8,
+        "apparent_size": [0.4, 0.6], "texture_prob": 0.6, "seed": 3, "num_workers": 0, "progress": False,
+    })
+    cfg = DataConfig.from_cfg({
+        "batch_size": 2, "num_positive_templates": 3, "num_negative_templates": 1,
+        "train_datasets": [{"name": "synthetic", "root": str(out), "templates": str(out / "templates")}],
+    })
+    ds = VPOGDataset(cfg, train=False, seed=0)
+    assert len(ds) >= 1
+    return collate_vpog([ds[i] for i in range(len(ds))])
+
+
+@pytest.mark.render
+def test_synthetic_set_labels_reproduce_the_query(synthetic_batch):
+    """Labels from loader batches: visible correspondences of the positive templates land on the
+    query mask and cover it (where anchors are valid), their flows match a float64 reprojection of
+    the template depth, and the nearest template has buddies for most query patches."""
+    bt = synthetic_batch
+    d, m, K, T = bt.depths, bt.masks, bt.K, bt.T_m2c
+    labels = patch_flow_labels(d[:, 0], m[:, 0], K[:, 0], T[:, 0], d[:, 1:], m[:, 1:], K[:, 1:], T[:, 1:],
+                               tau=0.02 * bt.diameter)
+    B, S = labels.patch_cls.shape[:2]
+    cls = labels.patch_cls
+    buddy = (cls >= 0) & (cls < 196)
+    # the nearest template (index 0) sees most of the query's valid anchors, and most of their pixels
+    assert buddy[:, 0].sum() >= 0.75 * (cls[:, 0] >= 0).sum()
+    assert labels.dense_visible[:, 0][buddy[:, 0]].float().mean() >= 0.75
+    iy, ix = torch.meshgrid(torch.arange(14), torch.arange(14), indexing="ij")
+    centre = torch.stack([ix * 16 + 7.5, iy * 16 + 7.5], -1).double()[:, :, None, None]  # [14, 14, 1, 1, 2]
+    u = torch.arange(16.0, dtype=torch.float64)
+    for b in range(B):
+        hit = torch.zeros(224, 224, dtype=torch.bool)
+        for s in range(S):
+            vis = labels.dense_visible[b, s]
+            r = centre + 16 * labels.dense_flow[b, s].double()  # query crop pixels
+            ru, rv = (r[..., 0] + 0.5).floor().long(), (r[..., 1] + 0.5).floor().long()
+            assert m[b, 0][rv[vis], ru[vis]].all()  # visible pixels land on the query mask
+            if bt.is_positive[b, s]:
+                hit[rv[vis], ru[vis]] = True
+            # float64 reprojection: template pixel -> model point -> query pixel
+            j = cls[b, s].clamp(0, 195)
+            pu = ((j % 14) * 16).double()[..., None, None] + u[None, None, None, :]
+            pv = ((j // 14) * 16).double()[..., None, None] + u[None, None, :, None]
+            pu, pv = pu.expand(14, 14, 16, 16), pv.expand(14, 14, 16, 16)
+            z = d[b, s + 1].double()[pv.long(), pu.long()]
+            Ks, Kq = K[b, s + 1].double(), K[b, 0].double()
+            y = (pv - Ks[1, 2]) / Ks[1, 1]
+            x = (pu - Ks[0, 2] - Ks[0, 1] * y) / Ks[0, 0]
+            X = torch.stack([x * z, y * z, z], -1)
+            rel = T[b, 0].double() @ torch.linalg.inv(T[b, s + 1].double())
+            Y = X @ rel[:3, :3].T + rel[:3, 3]
+            want = torch.stack([Kq[0, 0] * Y[..., 0] / Y[..., 2] + Kq[0, 1] * Y[..., 1] / Y[..., 2] + Kq[0, 2],
+                                Kq[1, 1] * Y[..., 1] / Y[..., 2] + Kq[1, 2]], -1)
+            torch.testing.assert_close(r[vis], want[vis], atol=2e-3, rtol=0)
+        # positives reproduce the query mask inside the patches with valid anchors
+        region = (cls[b, 0] >= 0).repeat_interleave(16, 0).repeat_interleave(16, 1)
+        q_obj = m[b, 0] & (d[b, 0] > 0) & region
+        hit = torch.nn.functional.max_pool2d(hit[None, None].float(), 3, 1, 1)[0, 0].bool() & region
+        assert (hit & q_obj).sum() >= 0.85 * q_obj.sum()
+        assert (hit & q_obj).sum() >= 0.8 * (hit | q_obj).sum()
+
+
+# --------------------------------------------------------------------------------------------
 # Input validation
 
 
