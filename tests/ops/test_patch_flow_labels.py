@@ -586,6 +586,16 @@ def test_triton_gpu_non_contiguous_inputs():
     assert_matches_reference(patch_flow_labels(**strided, backend="triton"), scene)
 
 
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("B,S", [(0, 2), (2, 0)])
+def test_empty_batches(backend, B, S):
+    scene = random_scene(2, 2, 32, 32, seed=1)
+    scene = {k: v[:B] for k, v in scene.items()}
+    scene.update({k: scene[k][:, :S] for k in ("t_depth", "t_mask", "t_K", "t_pose")})
+    out = patch_flow_labels(**to(scene, _dev(backend)), backend=backend)
+    assert out.patch_cls.shape == (B, S, 2, 2) and out.dense_flow.shape == (B, S, 2, 2, 16, 16, 2)
+
+
 def test_auto_backend():
     scene = random_scene(1, 1, 32, 32, seed=8)
     out = patch_flow_labels(**scene)  # CPU: the reference
@@ -712,6 +722,10 @@ def small():
     ("t_pose", lambda s: s["t_pose"].clone().index_fill_(-2, torch.tensor([3]), 0.5), "t_pose must hold rigid"),
     ("q_pose", lambda s: torch.full_like(s["q_pose"], float("nan")), "q_pose contains NaN"),
     ("q_mask", lambda s: s["q_mask"].to("meta"), "q_mask must be on q_depth's device"),
+    ("q_K", lambda s: s["q_K"] * torch.tensor([[1.0, 1, 1], [1, 1, 1], [1, 1, 2]]), "q_K must hold pinhole"),
+    ("t_K", lambda s: s["t_K"] * torch.tensor([[-1.0, 1, 1], [1, 1, 1], [1, 1, 1]]), "t_K must hold pinhole"),
+    ("t_K", lambda s: s["t_K"] + torch.tensor([[0.0, 0, 0], [0.5, 0, 0], [0, 0, 0]]), "t_K must hold pinhole"),
+    ("q_K", lambda s: s["q_K"] * float("nan"), "q_K must hold pinhole"),
 ])
 def test_bad_inputs(small, name, bad, match):
     with pytest.raises(ValueError, match=match):
@@ -724,6 +738,16 @@ def test_numbers_and_float64_poses_are_accepted(small):
                                    t_K=small["t_K"].double()), backend="reference")
     for a, b in zip(out, ref):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_check_poses_false_skips_the_value_checks(small):
+    bad = dict(small, q_pose=small["q_pose"] * torch.tensor([1.0, 1, 1.01, 1])[:, None])
+    with pytest.raises(ValueError, match="q_pose must hold rigid"):
+        patch_flow_labels(**bad)
+    out = patch_flow_labels(**bad, check_poses=False)  # computed as given, no error
+    assert out.patch_cls.shape == (2, 2, 2, 3)
+    with pytest.raises(ValueError, match="q_depth must be float32"):  # shape/dtype checks still run
+        patch_flow_labels(**dict(bad, q_depth=small["q_depth"].double()), check_poses=False)
 
 
 def test_unknown_and_unavailable_backends(small, monkeypatch):

@@ -160,25 +160,31 @@ def _rigid_error(T: torch.Tensor) -> torch.Tensor:
     return torch.cat([orth, (det - 1).abs(), bottom.abs()], dim=1).amax(dim=1)
 
 
-def _check_values(q_pose, t_pose, tau) -> None:
-    """Rigid poses and positive finite tau.
+def _check_values(q_K, q_pose, t_K, t_pose, tau) -> None:
+    """Pinhole intrinsics, rigid poses and positive finite tau.
 
-    One small device-to-host copy (a single sync on CUDA) of the poses and tau; the checks run on
-    the CPU copy, so the GPU sees two launches, not one per check.
+    One small device-to-host copy (a single sync on CUDA) of the cameras and tau; the checks run
+    on the CPU copy, so the GPU sees two launches, not one per check.
     """
     B, S = t_pose.shape[:2]
-    host = torch.cat([q_pose.reshape(-1).float(), t_pose.reshape(-1).float(), tau.reshape(-1)]).cpu()
-    q_host = host[:B * 16].reshape(B, 4, 4)
-    t_host = host[B * 16:B * 16 + B * S * 16].reshape(B, S, 4, 4)
-    tau_host = host[B * 16 + B * S * 16:]
-    for name, T in (("q_pose", q_host), ("t_pose", t_host)):
-        err = _rigid_error(T.reshape(-1, 4, 4)) if T.numel() else torch.zeros(0)
+    parts = [q_K, q_pose, t_K, t_pose, tau]
+    host = torch.cat([x.reshape(-1).float() for x in parts]).cpu().split([x.numel() for x in parts])
+    q_K, q_pose, t_K, t_pose, tau = (h.reshape(x.shape) for h, x in zip(host, parts))
+    for name, K in (("q_K", q_K), ("t_K", t_K)):
+        K = K.reshape(-1, 3, 3)
+        bad = ~torch.isfinite(K).flatten(1).all(1) | (K[:, 0, 0] <= 0) | (K[:, 1, 1] <= 0) | (K[:, 1, 0] != 0)
+        bad |= (K[:, 2] != torch.tensor([0.0, 0.0, 1.0])).any(1)
+        if bad.any():
+            raise ValueError(f"{name} must hold pinhole intrinsics [[fx, skew, cx], [0, fy, cy], [0, 0, 1]] "
+                             f"with fx, fy > 0; {int(bad.sum())} of {len(K)} are not, e.g. {K[bad][0].tolist()}")
+    for name, T in (("q_pose", q_pose), ("t_pose", t_pose)):
+        err = _rigid_error(T.reshape(-1, 4, 4))
         if not bool((err <= RIGID_ATOL).all()):  # NaN errors compare False
             check_rigid(name, T, atol=RIGID_ATOL)
             raise ValueError(f"{name} is not rigid to float32 precision "
                              f"(worst deviation {float(err.nan_to_num(float('inf')).max()):.3g} > {RIGID_ATOL})")
-    if not bool((torch.isfinite(tau_host) & (tau_host > 0)).all()):
-        raise ValueError(f"tau must be positive and finite (metres), got {tau_host.tolist()}")
+    if not bool((torch.isfinite(tau) & (tau > 0)).all()):
+        raise ValueError(f"tau must be positive and finite (metres), got {tau.tolist()}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,8 +254,8 @@ def _reference_impl(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, 
     r = project(Y, q_K[:, None])  # [B, S, N, 2]
     ru, rv, in_q = _round_in_image(r, H, W)
     q_idx = (rv * W + ru).reshape(B, S * NP * P * P)
-    d_q = qd.gather(1, q_idx).reshape(B, S, -1)
-    m_q = qm.gather(1, q_idx).reshape(B, S, -1)
+    d_q = qd.gather(1, q_idx).reshape(B, S, NP * P * P)
+    m_q = qm.gather(1, q_idx).reshape(B, S, NP * P * P)
     res_q = (d_q - Y[..., 2]).abs() - tau[:, None, None]
     visible = valid_t & (Y[..., 2] > 0) & in_q & m_q & (d_q > 0) & (res_q <= 0)
     r = r.reshape(B, S, NP, P * P, 2)
@@ -300,15 +306,17 @@ def patch_flow_labels(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose
         tau: depth tolerance, metres. [B] float tensor, or a number for every sample.
         backend: "auto" (Triton on CUDA, reference on CPU), "reference" or "triton"
             ("triton" on CPU tensors needs TRITON_INTERPRET=1).
-        check_poses: check that poses are rigid and tau positive (one device sync). The trainer may
-            switch it off once its data is known to be good; shape/dtype/device checks always run.
+        check_poses: check that K are pinhole intrinsics, poses rigid and tau positive (one small
+            device-to-host copy, a sync on CUDA). The trainer may switch it off once its data is
+            known to be good; shape, dtype and device checks always run (they cost no sync).
 
     H and W must be multiples of 16 (224 in VPOG). Returns FlowLabels (see its docstring).
-    Raises ValueError naming the argument on bad shapes, dtypes, devices, non-rigid poses or tau.
+    Raises ValueError naming the argument on bad shapes, dtypes, devices, intrinsics, non-rigid
+    poses or tau.
     """
     tau = _check_inputs(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau)
     if check_poses:
-        _check_values(q_pose, t_pose, tau)
+        _check_values(q_K, q_pose, t_K, t_pose, tau)
     choice = select_backend("patch_flow_labels", backend, q_depth.device)
     if choice == "reference":
         return patch_flow_labels_reference(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau)
