@@ -3,8 +3,8 @@
 GPU cases (the issue's size, marked cuda): B = 32, S = 6, 224 x 224, ray-cast sphere scenes as in
 the tests (about half the query patches ignored, a fifth unseen, the rest with buddies). The
 target on an H100 is >= 20x the reference and < 0.3 ms; the bandwidth floor (outputs 87 MB +
-inputs 12 MB, ~3 TB/s) is ~0.05 ms. `extra_info["bytes_per_s"]` is that byte count over the
-measured time. Groups:
+inputs 56 MB at ~3 TB/s) is ~0.05 ms. `extra_info["bytes_per_s"]` is that byte count (143 MB) over
+the measured time. Groups:
 
 - "... op": the public op as the trainer calls it (input checks with one device sync included),
   reference and Triton;

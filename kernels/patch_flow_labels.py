@@ -13,7 +13,8 @@ tile, projects them into the query, gathers the query there and writes every out
 exactly once (non-buddy rows as zeros), so no output needs zero-filling first.
 
 Memory traffic at B = 32, S = 6, 224 x 224: outputs 87 MB (dense_flow 77 MB, dense_visible 10 MB);
-inputs about 12 MB (query and template depth + masks), re-read through L2 by the gathers.
+inputs at most 56 MB (query depth + mask 8 MB, templates 48 MB; only buddy patches and the rounded
+anchor projections of the templates are read, repeated reads hit L2): ~0.05 ms at 3 TB/s.
 The arithmetic follows the reference op for op (backproject, inverse pose, pose, project), so
 results agree to float32 rounding; decisions can differ only at exact rounding or depth-test ties.
 """

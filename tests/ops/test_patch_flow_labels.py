@@ -577,6 +577,15 @@ def test_triton_gpu_matches_reference(B, S, H, W, seed):
 
 @pytest.mark.cuda
 @requires_cuda
+def test_auto_picks_triton_on_cuda():
+    from vpog._backend import select_backend
+
+    assert select_backend("patch_flow_labels", "auto", torch.device("cuda")) == "triton"
+    assert select_backend("patch_flow_labels", "auto", torch.device("cpu")) == "reference"
+
+
+@pytest.mark.cuda
+@requires_cuda
 def test_triton_gpu_non_contiguous_inputs():
     scene = to(random_scene(2, 4, seed=24), "cuda")
     strided = dict(scene, t_depth=scene["t_depth"].transpose(-1, -2).contiguous().transpose(-1, -2),
