@@ -1,6 +1,7 @@
-// CUDA kernels of vpog::pnp_solve: one problem (or one random-sample proposal) per warp, every LM
-// iteration inside one launch; J^T J, J^T r and the cost are reduced across the warp's lanes and
-// the 6x6 system is solved in registers by every lane (see pnp_solver.h).
+// CUDA kernels of vpog::pnp_solve: one problem per warp, every LM iteration inside one launch;
+// J^T J, J^T r and the cost are reduced across the warp's lanes and the 6x6 system is solved in
+// registers by every lane (see pnp_solver.h). The small problems of the random-sample init run one
+// per thread.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -27,11 +28,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) center_kernel(SolveArgs<T
   }
 }
 
+// A proposal of the random-sample init is a problem of k (8-16) points: one per thread, so that a warp
+// runs 32 of them side by side instead of idling 24 lanes and serialising on the 6x6 solves. Threads
+// of a warp share the problem b (t = b P + p), so their passes over all N points read the same data.
 template <typename T>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32) proposal_kernel(SolveArgs<T> a) {
-  const int64_t pb = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (pb >= a.P * a.B) return;
-  rs_proposal(a, pb / a.B, pb % a.B, threadIdx.x & 31, 32, WarpReduce());
+__global__ void __launch_bounds__(128) proposal_kernel(SolveArgs<T> a) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= a.P * a.B) return;
+  rs_proposal(a, t % a.P, t / a.P, 0, 1, SerialReduce());
 }
 
 template <typename T>
@@ -84,7 +88,7 @@ void solve_cuda(const at::Tensor& x3d, const at::Tensor& x2d, const at::Tensor& 
     if (a.rs_index) {
       center_kernel<scalar_t><<<blocks_for(a.B), threads, 0, stream>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      proposal_kernel<scalar_t><<<blocks_for(a.P * a.B), threads, 0, stream>>>(a);
+      proposal_kernel<scalar_t><<<(a.P * a.B + 127) / 128, 128, 0, stream>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     solve_kernel<scalar_t><<<blocks_for(a.B), threads, 0, stream>>>(a);
