@@ -303,3 +303,16 @@ def test_no_gl_gives_a_clear_error(tiny_settings, tmp_path, monkeypatch):
     monkeypatch.setattr(render, "egl_available", lambda: (False, "headless OpenGL (EGL) unavailable: test"))
     with pytest.raises(render.RenderError, match="libegl1"):
         synthesize(tiny_settings(tmp_path / "x"))
+
+
+def test_triton_imports_after_rendering(require_egl):
+    """Mesa's LLVM loaded before Triton's crashes `import triton`; vpog.data.render loads Triton first."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    code = ("from vpog.data.render import egl_available\n"
+            "assert egl_available()[0]\n"
+            "import triton, triton.language\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])

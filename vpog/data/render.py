@@ -37,7 +37,24 @@ class RenderError(RuntimeError):
     """Headless OpenGL is not available, or a render failed."""
 
 
+def _preload_triton() -> None:
+    """Import Triton (when installed) before the first GL context.
+
+    Mesa's llvmpipe and Triton each carry their own LLVM. With Mesa's loaded first, a later `import triton`
+    in the same process dies with a segmentation fault (seen with Mesa 22/llvm-15 and triton 3.9); with
+    Triton first, both work (rendering, Triton kernels, torch.compile). A test session or a trainer that
+    renders and then uses Triton needs this order; it costs about 0.1 s.
+    """
+    if "triton" in sys.modules:
+        return
+    try:
+        import triton  # noqa: F401
+    except Exception:  # not installed or broken: nothing to protect
+        pass
+
+
 def _import_pyrender():
+    _preload_triton()
     try:
         import pyrender
     except Exception as exc:  # ImportError, or OpenGL failing to load libEGL at import time
