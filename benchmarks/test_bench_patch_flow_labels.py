@@ -30,7 +30,7 @@ from vpog._backend import triton_interpreter, triton_status
 from vpog.ops import patch_flow_labels
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "ops"))
-from test_patch_flow_labels import random_scene  # noqa: E402  (the tests' scene generator)
+from patch_flow_scenes import random_scene  # noqa: E402  (the tests' scene generator)
 
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
