@@ -202,3 +202,30 @@ def test_cuda_no_host_synchronisation():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.isfinite(t.grad).all() for t in ins)
+
+
+def test_works_without_the_extension():
+    """With vpog._C missing, importing works and every path falls back to the reference."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["vpog._C"] = None  # make `import vpog._C` fail
+import torch
+from vpog.ops import pnp_cost, pnp_solve
+from vpog.pnp import MonteCarloPoseLoss, PoseLossConfig
+from vpog.pnp.testing import random_pnp_problems
+from vpog._backend import extension_status
+assert not extension_status()[0]
+p = random_pnp_problems(2, 12, generator=torch.Generator().manual_seed(0))
+r = pnp_solve(p.x3d, p.x2d, p.w2d, p.K, p.pose, 3)
+assert r.valid.all()
+c = pnp_cost(p.pose, p.x3d, p.x2d, p.w2d, p.K, torch.ones(2, dtype=torch.float64))
+out = MonteCarloPoseLoss(PoseLossConfig(mc_samples=16))(p.x3d, p.x2d, p.w2d.requires_grad_(), p.K, p.pose)
+out.loss_mc.backward()
+assert torch.isfinite(p.w2d.grad).all()
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]

@@ -12,7 +12,7 @@ The quaternion of a pose is normalised before use (a zero quaternion means the i
 
 `pnp_cost(pose [P, B, 7], ...) -> [P, B]` evaluates C at P poses per problem, as the Monte Carlo
 pose loss does for its 512 samples. Gradients reach x3d, x2d, w2d and delta; poses carry none
-(in every backend: the reference detaches them).
+(in every backend: the reference detaches them), nor does K.
 
 The reference materialises [P, B, N, 2] tensors (for P = 512, B = 1024, N = 256 that is a 2 GB
 float32 intermediate per tensor); the C++/CUDA backends stream the points through registers and
@@ -98,9 +98,9 @@ def huber_half_rho(s: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 def pnp_cost_reference(pose, x3d, x2d, w2d, K, delta, z_min: float = Z_MIN):
     """PyTorch reference of `pnp_cost`: pose [P, B, 7] (or [B, 7]) -> cost [P, B] (or [B]).
 
-    Materialises [P, B, N, 2]. Differentiable in x3d, x2d, w2d, delta (pose is detached).
+    Materialises [P, B, N, 2]. Differentiable in x3d, x2d, w2d, delta (pose and K are detached).
     """
-    uv, _, _, _ = project_points(x3d, pose.detach(), K, z_min)
+    uv, _, _, _ = project_points(x3d, pose.detach(), K.detach(), z_min)
     residual = (uv - x2d) * w2d
     s = residual.norm(dim=-1)
     return huber_half_rho(s, delta[..., None]).sum(dim=-1)
@@ -158,19 +158,16 @@ def check_pose(name: str, pose: torch.Tensor, x3d: torch.Tensor, B: int, leading
 # Extension path
 
 
-class _PnPCostFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pose, x3d, x2d, w2d, K, delta, z_min):
-        cost = torch.ops.vpog.pnp_cost_fwd(pose, x3d, x2d, w2d, K, delta, z_min)
-        ctx.save_for_backward(pose, x3d, x2d, w2d, K, delta)
-        ctx.z_min = z_min
-        return cost
+def _cost_setup_context(ctx, inputs, output):
+    pose, x3d, x2d, w2d, K, delta, z_min = inputs
+    ctx.save_for_backward(pose, x3d, x2d, w2d, K, delta)
+    ctx.z_min = z_min
 
-    @staticmethod
-    def backward(ctx, grad_cost):
-        pose, x3d, x2d, w2d, K, delta = ctx.saved_tensors
-        grads = torch.ops.vpog.pnp_cost_bwd(grad_cost.contiguous(), pose, x3d, x2d, w2d, K, delta, ctx.z_min)
-        return (None, *grads[:3], None, grads[3], None)
+
+def _cost_backward(ctx, grad_cost):
+    pose, x3d, x2d, w2d, K, delta = ctx.saved_tensors
+    grads = torch.ops.vpog.pnp_cost_bwd(grad_cost.contiguous(), pose, x3d, x2d, w2d, K, delta, ctx.z_min)
+    return None, grads[0], grads[1], grads[2], None, grads[3], None
 
 
 def pnp_cost_from_values(cost, pose, x3d, x2d, w2d, K, delta, z_min: float = Z_MIN):
@@ -206,7 +203,7 @@ def pnp_cost(pose, x3d, x2d, w2d, K, delta, z_min: float = Z_MIN, backend: str =
     delta: [B] Huber thresholds (see `adaptive_huber_delta`).
     z_min: lower clamp of the projective depth (metres).
     All float32 or all float64 on one device. Returns cost [P, B] (or [B]) in that dtype,
-    differentiable in x3d, x2d, w2d and delta.
+    differentiable in x3d, x2d, w2d and delta (pose and K get no gradient in any backend).
     """
     B, _ = check_problem(x3d, x2d, w2d, K, delta=delta)
     check_pose("pose", pose, x3d, B, leading=True)
@@ -215,7 +212,7 @@ def pnp_cost(pose, x3d, x2d, w2d, K, delta, z_min: float = Z_MIN, backend: str =
         return pnp_cost_reference(pose, x3d, x2d, w2d, K, delta, z_min)
     squeeze = pose.dim() == 2
     pose3 = (pose[None] if squeeze else pose).detach().contiguous()
-    cost = _PnPCostFunction.apply(
+    cost = torch.ops.vpog.pnp_cost_fwd(
         pose3, x3d.contiguous(), x2d.contiguous(), w2d.contiguous(), K.contiguous(), delta.contiguous(),
         float(z_min),
     )
@@ -244,6 +241,9 @@ def _register_fake() -> None:
     @torch.library.register_fake("vpog::pnp_cost_bwd")
     def _(grad_cost, pose, x3d, x2d, w2d, K, delta, z_min):
         return torch.empty_like(x3d), torch.empty_like(x2d), torch.empty_like(w2d), torch.empty_like(delta)
+
+    # the op itself is differentiable in x3d, x2d, w2d and delta (pose and K get no gradient)
+    torch.library.register_autograd("vpog::pnp_cost_fwd", _cost_backward, setup_context=_cost_setup_context)
 
 
 _register_fake()
