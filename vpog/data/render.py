@@ -10,8 +10,9 @@ centres, SPEC §1). Depth comes back as z in metres, 0 where nothing was drawn.
 imported. Without a working EGL (Debian: `apt-get install libegl1 libgl1 libegl-mesa0 libgles2`, or the
 NVIDIA driver's EGL) `RenderError` says so and how to fix it.
 
-Measured on a 2-core CPU (Mesa llvmpipe): a 640x480 view takes about 22 ms unlit (templates) and
-75 ms with lights (scenes); a depth-only pass about 16 ms.
+Frames are single-sampled (no MSAA, see `Renderer.render`), so depth, masks and colour all sample pixel
+centres. Measured on a 2-core CPU (Mesa llvmpipe, one process): an unlit 640x480 template view renders in
+about 8 ms of CPU (15 ms wall on a busy machine), 224x224 in about 2.5 ms; see benchmarks/test_bench_data.py.
 """
 
 from __future__ import annotations
