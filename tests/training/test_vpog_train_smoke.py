@@ -101,6 +101,7 @@ def test_reference_backend_gives_the_same_first_step(tiny_set, tmp_path):
     losses = {}
     for backend in ("auto", "reference"):
         trainer = Trainer(_config(tiny_set, tmp_path, backend, f"ops.backend={backend}", "optim.max_steps=1",
+                                  "data.batch_size=1",
                                   "log.val_every_steps=0", "log.image_every_steps=0", "log.tensorboard=false"))
         try:
             losses[backend] = trainer.train_step()["loss"]

@@ -40,8 +40,11 @@ log = logging.getLogger(__name__)
 
 
 def _plain(node: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
+    """DictConfig / ListConfig -> plain containers (omegaconf is optional: plain dicts pass through)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:
+        return node
     if isinstance(node, (DictConfig, ListConfig)):
         return OmegaConf.to_container(node, resolve=True)
     return node
@@ -91,14 +94,12 @@ class VPOGTask(TrainTask):
 
     def __init__(self, cfg: Any, *, rank: int = 0, world_size: int = 1) -> None:
         super().__init__(cfg, rank=rank, world_size=world_size)
-        from vpog.data.dataset import DataConfig
-        from vpog.evaluation.split import SplitConfig
         from vpog.losses import LossWeights
         from vpog.model import vpog_config_from_dict
         from vpog.pnp.loss import MonteCarloPoseLoss, PoseLossConfig
 
         self.seed = int(cfg.get("seed", 0))
-        self.data_cfg = DataConfig.from_cfg(cfg["data"])
+        self._data_cfg = None
         model_dict = dict(_plain(cfg["model"]))
         if cfg.get("machine") is not None and cfg["machine"].get("activation_checkpointing"):
             for part in ("encoder", "group_attention"):
@@ -107,7 +108,6 @@ class VPOGTask(TrainTask):
         self.weights = LossWeights.from_dict(_plain(cfg.get("loss")) or {})
         self.labels_cfg = _section(LabelConfig, _plain(cfg.get("labels")), "labels")
         self.val_cfg = _section(ValConfig, _plain(cfg.get("val")), "val")
-        self.split_cfg = SplitConfig.from_cfg(_plain(cfg.get("split")))
         self.pose_loss = None
         if self.weights.pnp_weight > 0:
             try:
@@ -123,6 +123,15 @@ class VPOGTask(TrainTask):
         self._checked_poses = False
 
     # -- data ----------------------------------------------------------------------------------
+
+    @property
+    def data_cfg(self):
+        """`data:` as vpog.data.DataConfig (built on first use: the loader needs Pillow, the step does not)."""
+        if self._data_cfg is None:
+            from vpog.data.dataset import DataConfig
+
+            self._data_cfg = DataConfig.from_cfg(self.cfg["data"])
+        return self._data_cfg
 
     def prepare_data(self) -> None:
         from vpog.data.dataset import prepare_train_data
@@ -147,10 +156,10 @@ class VPOGTask(TrainTask):
     def _held_out(self) -> tuple[list[int], list[int]]:
         """(training object ids, held-out object ids) of set 0."""
         if self._split is None:
-            from vpog.evaluation.split import dataset_objects, split_objects
+            from vpog.evaluation.split import SplitConfig, dataset_objects, split_objects
 
             objs, _ = dataset_objects(self._base(), 0)
-            self._split = split_objects(objs.tolist(), self.split_cfg)
+            self._split = split_objects(objs.tolist(), SplitConfig.from_cfg(_plain(self.cfg.get("split"))))
             log.info("set '%s': %d training objects, %d held out for validation %s", self._base().sources[0].name,
                      len(self._split[0]), len(self._split[1]), self._split[1])
         return self._split

@@ -97,9 +97,7 @@ class TrainerConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> TrainerConfig:
         """From the composed DictConfig (or a plain dict); unknown keys in the trainer's sections raise."""
-        from omegaconf import DictConfig, OmegaConf
-
-        raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        raw = dict(_to_container(cfg))
         sections = {"optim": OptimConfig, "checkpoint": CheckpointConfig, "faults": FaultConfig,
                     "log": LogConfig, "machine": D.MachineConfig}
         kwargs: dict[str, Any] = {}
@@ -110,6 +108,15 @@ class TrainerConfig:
                 kwargs[name] = raw[name]
         kwargs["ops_backend"] = (raw.get("ops") or {}).get("backend", "auto")
         return cls(**kwargs)
+
+
+def _to_container(cfg: Any) -> Any:
+    """A composed DictConfig as plain dicts and lists; anything else unchanged (omegaconf is optional)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:
+        return cfg
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
 def _make(cls, values: dict, section: str):
@@ -206,10 +213,17 @@ class Trainer:
     # -- setup helpers -------------------------------------------------------------------------
 
     def _save_config(self) -> None:
-        from omegaconf import DictConfig, OmegaConf
+        """The resolved config of the run: config.yaml (with omegaconf) or config.json."""
+        try:
+            from omegaconf import DictConfig, OmegaConf
+        except ImportError:
+            DictConfig = None
+        if DictConfig is not None and isinstance(self.cfg, DictConfig):
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        else:
+            import json
 
-        text = OmegaConf.to_yaml(self.cfg, resolve=True) if isinstance(self.cfg, DictConfig) else str(self.cfg)
-        (self.run_dir / "config.yaml").write_text(text)
+            (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=1, default=str))
 
     def _positioned(self, dataset) -> PositionedDataset:
         return PositionedDataset(dataset, self.config.seed, pass_seed=self.task.pass_sample_seed)
@@ -271,9 +285,7 @@ class Trainer:
                                         "skipped_samples": self.skipped_samples})
         if not self.ctx.is_main:
             return {}
-        from omegaconf import DictConfig, OmegaConf
-
-        cfg = OmegaConf.to_container(self.cfg, resolve=True) if isinstance(self.cfg, DictConfig) else None
+        cfg = _to_container(self.cfg)
         return {
             "model": _unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
