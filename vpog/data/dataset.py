@@ -408,7 +408,7 @@ class MixedSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         total = int(self.counts.sum())
-        return -(-total // self.world_size) - self.start
+        return max(0, -(-total // self.world_size) - self.start)
 
     def __iter__(self):
         indices, seeds = self.epoch_list(self.epoch)
