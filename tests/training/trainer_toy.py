@@ -7,7 +7,8 @@ and a checksum of the parameters the step started from. Faults are injected thro
     toy.nan_at_step / toy.nan_rank      a NaN loss at that step on that rank only
     toy.crash_at_step                   os._exit(3) at that step on rank 0 in the first torchrun attempt
     toy.sleep_s                         sleep per step (gives a test time to send a signal)
-    toy.num_samples                     training set size
+    toy.num_samples / toy.batch_size    training set size, samples per rank per micro-batch
+    toy.dropout                         dropout rate of the model
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ class ToyDataset(Dataset):
 
 
 class ToyModel(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.2) -> None:
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(DIM, 32), nn.GELU())
-        self.drop = nn.Dropout(0.2)
+        self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(32, 1)
 
     def forward(self, x):
@@ -66,6 +67,7 @@ class ToyTask(TrainTask):
         self.nan_rank = int(toy.get("nan_rank", 1))
         self.crash_at_step = toy.get("crash_at_step")
         self.sleep_s = float(toy.get("sleep_s", 0.0))
+        self.dropout = float(toy.get("dropout", 0.2))
         self.tag = str(toy.get("tag", "run"))
         self.run_dir = Path(cfg["output_dir"]) / cfg["run_name"]
         self.trace = None
@@ -74,7 +76,7 @@ class ToyTask(TrainTask):
         (self.run_dir / "prepared").write_text("1")
 
     def build_model(self) -> nn.Module:
-        return ToyModel()
+        return ToyModel(self.dropout)
 
     def is_backbone(self, name: str) -> bool:
         return name.startswith("encoder.")

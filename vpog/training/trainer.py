@@ -28,6 +28,7 @@ import logging
 import math
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,7 +377,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.consecutive_skipped = 0
         lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped first step makes torch think the order is wrong; it is not
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            self.scheduler.step()
         self.step += 1
         self.skipped_samples += n_skipped
         if self.consecutive_skipped >= c.faults.max_consecutive_skipped_steps:
