@@ -33,6 +33,7 @@ References: Dao, "FlashAttention-2" (2023); triton-lang/triton python/tutorials/
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -50,31 +51,61 @@ def n_bucket(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 16))
 
 
-def _configs(block_ms, block_ns, warps, stages):
-    if triton_interpreter():  # one small config: exercises several blocks and masked tails, no tuning
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm in block_ms for bn in block_ns for w in warps for s in stages
-    ]
+# Candidate (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head-dim class (D <= 64, D = 128),
+# chosen from sm_90 compiles (triton 3.9, ptxas): every listed config uses wgmma (or mma for 32-wide
+# tiles) and keeps within 255 registers without spilling. Autotuning picks among them per key; the
+# first of each list is the default when VPOG_TRITON_AUTOTUNE=0 (tests: one compile per shape).
+_FWD_CONFIGS = {
+    64: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 128, 8, 2),
+         (64, 128, 8, 2)],
+    128: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 8, 2), (64, 64, 8, 3),
+          (128, 128, 8, 2)],
+}
+_DKDV_CONFIGS = {  # BLOCK_N: keys owned by a program; BLOCK_M: query step
+    64: [(32, 128, 8, 2), (32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2), (64, 128, 8, 3)],
+    128: [(32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 4, 2)],
+}
+_DQ_CONFIGS = {  # BLOCK_M: queries owned by a program; BLOCK_N: key step
+    64: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)],
+    128: [(64, 32, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2)],
+}
+# Interpreter: one config, unequal blocks, so tails and several blocks are exercised at tiny N.
+_INTERPRETER_CONFIG = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop configs whose tiles do not suit the head dim (register / shared-memory pressure)."""
-    args = {**named_args, **kwargs}
-    d = args["HEAD_DIM"]
-    n = args["N"]
-    kept = []
-    for c in configs:
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if d == 128 and bm * bn > 128 * 64:
-            continue
-        if c.num_warps == 8 and bm * bn < 128 * 64:
-            continue
-        if bm > 64 and bn > 64 and triton.next_power_of_2(n) <= 128:  # short sequences: small tiles
-            continue
-        kept.append(c)
-    return kept or configs[:1]
+def _configs(table, kind):
+    if triton_interpreter():
+        bm, bn = _INTERPRETER_CONFIG[kind]
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=1)]
+    tuples = sorted({c for cs in table.values() for c in cs})
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in tuples]
+
+
+def _pruner(table):
+    """Keep the configs listed for the call's head-dim class (and tile-size limits below)."""
+
+    def prune(configs, named_args, **kwargs):
+        if triton_interpreter():
+            return configs
+        args = {**named_args, **kwargs}  # triton versions differ in which of the two hold constexprs
+        if "HEAD_DIM" not in args or "N_BUCKET" not in args:
+            return configs
+        order = table[64 if args["HEAD_DIM"] <= 64 else 128]
+        allowed = set(order)
+        # short sequences: no 128 x 128 tiles; float32 (IEEE dots on FMA units, register-bound): small tiles
+        max_tile = 64 * 64 if args.get("DOT_PREC") == "ieee" else 128 * 64 if args["N_BUCKET"] <= 256 else 128 * 128
+        kept = [
+            c for c in configs
+            if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed
+            and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= max_tile
+        ]
+        if os.environ.get("VPOG_TRITON_AUTOTUNE", "1") == "0":  # the listed default that fits, no tuning
+            kept.sort(key=lambda c: order.index((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
+                                                  c.num_stages)))
+            return kept[:1] or configs[:1]
+        return kept or configs[:1]
+
+    return prune
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,21 +128,15 @@ def _sincos(ang, FAST: tl.constexpr):
 
 
 @triton.jit
-def _rot_tile(X, sxn, sxd, POS, spn, spc, offs, mask, idx_a, idx_b, f_y, f_x, f_s1, f_s2,
-              MASK: tl.constexpr, FAST: tl.constexpr):
-    """Load rows `offs` of one head as halves and rotate them. -> rot(x)a, rot(x)b (x's dtype), cos, sin."""
-    rows = X + offs[:, None] * sxn
+def _tile_cos_sin(POS, spn, spc, offs, mask, f_y, f_x, f_s1, f_s2, MASK: tl.constexpr, FAST: tl.constexpr):
+    """cos, sin [rows, D/2] float32 of the pair angles of rows `offs` (POS already offset to the image)."""
     prow = POS + offs * spn
     if MASK:
-        xa = tl.load(rows + idx_a[None, :] * sxd, mask=mask[:, None], other=0.0)
-        xb = tl.load(rows + idx_b[None, :] * sxd, mask=mask[:, None], other=0.0)
         p0 = tl.load(prow, mask=mask, other=0.0).to(tl.float32)
         p1 = tl.load(prow + spc, mask=mask, other=0.0).to(tl.float32)
         p2 = tl.load(prow + 2 * spc, mask=mask, other=0.0).to(tl.float32)
         p3 = tl.load(prow + 3 * spc, mask=mask, other=0.0).to(tl.float32)
     else:
-        xa = tl.load(rows + idx_a[None, :] * sxd)
-        xb = tl.load(rows + idx_b[None, :] * sxd)
         p0 = tl.load(prow).to(tl.float32)
         p1 = tl.load(prow + spc).to(tl.float32)
         p2 = tl.load(prow + 2 * spc).to(tl.float32)
@@ -119,12 +144,34 @@ def _rot_tile(X, sxn, sxd, POS, spn, spc, offs, mask, idx_a, idx_b, f_y, f_x, f_
     # exactly one frequency of each pair is non-zero, so this is the single rounding pos_g * w_k
     ang = p0[:, None] * f_y[None, :] + p1[:, None] * f_x[None, :]
     ang = ang + p2[:, None] * f_s1[None, :] + p3[:, None] * f_s2[None, :]
-    c, s = _sincos(ang, FAST)
+    return _sincos(ang, FAST)
+
+
+@triton.jit
+def _rot_tile(X, sxn, sxd, POS, spn, spc, offs, mask, idx_a, idx_b, f_y, f_x, f_s1, f_s2,
+              MASK: tl.constexpr, FAST: tl.constexpr):
+    """Load rows `offs` of one head as halves and rotate them. -> rot(x)a, rot(x)b [rows, D/2] in x's dtype."""
+    rows = X + offs[:, None] * sxn
+    if MASK:
+        xa = tl.load(rows + idx_a[None, :] * sxd, mask=mask[:, None], other=0.0)
+        xb = tl.load(rows + idx_b[None, :] * sxd, mask=mask[:, None], other=0.0)
+    else:
+        xa = tl.load(rows + idx_a[None, :] * sxd)
+        xb = tl.load(rows + idx_b[None, :] * sxd)
+    c, s = _tile_cos_sin(POS, spn, spc, offs, mask, f_y, f_x, f_s1, f_s2, MASK, FAST)
     xa32 = xa.to(tl.float32)
     xb32 = xb.to(tl.float32)
-    ra = (xa32 * c - xb32 * s).to(xa.dtype)
-    rb = (xb32 * c + xa32 * s).to(xa.dtype)
-    return ra, rb, c, s
+    return (xa32 * c - xb32 * s).to(xa.dtype), (xb32 * c + xa32 * s).to(xa.dtype)
+
+
+@triton.jit
+def _store_unrotated(X, sxn, sxd, POS, spn, spc, offs, mask, idx_a, idx_b, f_y, f_x, f_s1, f_s2, ga, gb,
+                     FAST: tl.constexpr):
+    """Store R^T [ga | gb] (the gradient w.r.t. the unrotated rows) into X's channels idx_a, idx_b."""
+    c, s = _tile_cos_sin(POS, spn, spc, offs, mask, f_y, f_x, f_s1, f_s2, True, FAST)
+    rows = X + offs[:, None] * sxn
+    tl.store(rows + idx_a[None, :] * sxd, (ga * c + gb * s).to(X.dtype.element_ty), mask=mask[:, None])
+    tl.store(rows + idx_b[None, :] * sxd, (gb * c - ga * s).to(X.dtype.element_ty), mask=mask[:, None])
 
 
 @triton.jit
@@ -158,7 +205,7 @@ def _fwd_inner(acc, l_i, m_i, qa, qb, K, skn, skd, V, svn, svd, POS, spn, spc,
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
-        ka, kb, _, _ = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
+        ka, kb = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
                                  f_y, f_x, f_s1, f_s2, MASK, FAST)
         s = tl.dot(qa, tl.trans(ka), input_precision=DOT_PREC)
         s = tl.dot(qb, tl.trans(kb), s, input_precision=DOT_PREC)
@@ -175,9 +222,9 @@ def _fwd_inner(acc, l_i, m_i, qa, qb, K, skn, skd, V, svn, svd, POS, spn, spc,
 
 
 @triton.autotune(
-    configs=_configs((64, 128), (32, 64, 128), (4, 8), (2, 3, 4)),
+    configs=_configs(_FWD_CONFIGS, "fwd"),
     key=["N_BUCKET", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": _prune},
+    prune_configs_by={"early_config_prune": _pruner(_FWD_CONFIGS)},
 )
 @triton.jit
 def _s2rope_attention_fwd_kernel(
@@ -202,7 +249,7 @@ def _s2rope_attention_fwd_kernel(
     offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < N
     offs_d = tl.arange(0, HEAD_DIM)
-    qa, qb, _, _ = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
+    qa, qb = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
                              f_y, f_x, f_s1, f_s2, True, FAST)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
@@ -248,7 +295,7 @@ def _dkdv_inner(dv, dka, dkb, ka, kb, v, Q, sqn, sqd, DO, sdn, sdd, LSE, DELTA, 
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < N
-        qa, qb, _, _ = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
+        qa, qb = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
                                  f_y, f_x, f_s1, f_s2, MASK, FAST)
         do = _load_rows(DO, sdn, sdd, offs_m, m_ok, offs_d, MASK)
         if MASK:
@@ -271,9 +318,9 @@ def _dkdv_inner(dv, dka, dkb, ka, kb, v, Q, sqn, sqd, DO, sdn, sdd, LSE, DELTA, 
 
 
 @triton.autotune(
-    configs=_configs((32, 64, 128), (64, 128), (4, 8), (2, 3)),
+    configs=_configs(_DKDV_CONFIGS, "dkdv"),
     key=["N_BUCKET", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": _prune},
+    prune_configs_by={"early_config_prune": _pruner(_DKDV_CONFIGS)},
 )
 @triton.jit
 def _s2rope_attention_bwd_dkdv_kernel(
@@ -304,7 +351,7 @@ def _s2rope_attention_bwd_dkdv_kernel(
     offs_n = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_d = tl.arange(0, HEAD_DIM)
-    ka, kb, c, s = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
+    ka, kb = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
                              f_y, f_x, f_s1, f_s2, True, FAST)
     v = _load_rows(V, svn, svd, offs_n, n_ok, offs_d, True)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -318,11 +365,8 @@ def _s2rope_attention_bwd_dkdv_kernel(
         dv, dka, dkb = _dkdv_inner(dv, dka, dkb, ka, kb, v, Q, sqn, sqd, DO, sdn, sdd, LSE, DELTA, POS, spn, spc,
                                    idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, m_full, N, N, qk_scale,
                                    BLOCK_M, True, FAST, DOT_PREC)
-    dka = dka * sm_scale
-    dkb = dkb * sm_scale
-    rows = DK + offs_n[:, None] * sgn
-    tl.store(rows + idx_a[None, :] * sgd, (dka * c + dkb * s).to(DK.dtype.element_ty), mask=n_ok[:, None])
-    tl.store(rows + idx_b[None, :] * sgd, (dkb * c - dka * s).to(DK.dtype.element_ty), mask=n_ok[:, None])
+    _store_unrotated(DK, sgn, sgd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b, f_y, f_x, f_s1, f_s2,
+                     dka * sm_scale, dkb * sm_scale, FAST)
     tl.store(DV + offs_n[:, None] * sgn + offs_d[None, :] * sgd, dv.to(DV.dtype.element_ty), mask=n_ok[:, None])
 
 
@@ -333,7 +377,7 @@ def _dq_inner(dqa, dqb, qa, qb, do, lse, delta, K, skn, skd, V, svn, svd, POS, s
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
-        ka, kb, _, _ = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
+        ka, kb = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
                                  f_y, f_x, f_s1, f_s2, MASK, FAST)
         v = _load_rows(V, svn, svd, offs_n, n_ok, offs_d, MASK)
         s = tl.dot(qa, tl.trans(ka), input_precision=DOT_PREC)
@@ -349,9 +393,9 @@ def _dq_inner(dqa, dqb, qa, qb, do, lse, delta, K, skn, skd, V, svn, svd, POS, s
 
 
 @triton.autotune(
-    configs=_configs((64, 128), (32, 64, 128), (4, 8), (2, 3)),
+    configs=_configs(_DQ_CONFIGS, "dq"),
     key=["N_BUCKET", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": _prune},
+    prune_configs_by={"early_config_prune": _pruner(_DQ_CONFIGS)},
 )
 @triton.jit
 def _s2rope_attention_bwd_dq_kernel(
@@ -379,7 +423,7 @@ def _s2rope_attention_bwd_dq_kernel(
     offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < N
     offs_d = tl.arange(0, HEAD_DIM)
-    qa, qb, c, s = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
+    qa, qb = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
                              f_y, f_x, f_s1, f_s2, True, FAST)
     do = _load_rows(DO, sdn, sdd, offs_m, m_ok, offs_d, True)
     lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=0.0)
@@ -394,11 +438,8 @@ def _s2rope_attention_bwd_dq_kernel(
         dqa, dqb = _dq_inner(dqa, dqb, qa, qb, do, lse, delta, K, skn, skd, V, svn, svd, POS, spn, spc,
                              idx_a, idx_b, f_y, f_x, f_s1, f_s2, offs_d, n_full, N, N, qk_scale,
                              BLOCK_N, True, FAST, DOT_PREC)
-    dqa = dqa * sm_scale
-    dqb = dqb * sm_scale
-    rows = DQ + offs_m[:, None] * sgn
-    tl.store(rows + idx_a[None, :] * sgd, (dqa * c + dqb * s).to(DQ.dtype.element_ty), mask=m_ok[:, None])
-    tl.store(rows + idx_b[None, :] * sgd, (dqb * c - dqa * s).to(DQ.dtype.element_ty), mask=m_ok[:, None])
+    _store_unrotated(DQ, sgn, sgd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b, f_y, f_x, f_s1, f_s2,
+                     dqa * sm_scale, dqb * sm_scale, FAST)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
     inverse (grad):  xa = ya cos a + yb sin a,   xb = yb cos a - ya sin a
 
 with xa = x[..., PAIR_IDX[0]], xb = x[..., PAIR_IDX[1]] the two channels of every pair and
-a = pos . PAIR_FREQ[:, p] computed in float32 (see kernels/s2rope_attention.py for the tables).
+a = pos . PAIR_FREQ[:, p] computed in float32 (see kernels/s2rope_attention.py for the tables;
+16-bit inputs take its fast range-reduced SFU cos / sin, float32 inputs the precise ones).
 The inverse rotation is the transpose, so the backward is the same kernel with sin negated.
 
 A program owns a block of tokens of one image and a chunk of heads: cos and sin are computed once
@@ -17,10 +18,12 @@ Inputs may have any strides; outputs are contiguous [B, H, N, D] in the input dt
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
 import triton.language as tl
+from vpog.kernels.s2rope_attention import _sincos
 
 from vpog._backend import triton_interpreter
 
@@ -30,34 +33,32 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def _configs():
     if triton_interpreter():
         return [triton.Config({"BLOCK_N": 16, "H_CHUNK": 2}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_N": bn, "H_CHUNK": hc}, num_warps=w, num_stages=1)
-        for bn in (16, 32, 64) for hc in (2, 4, 16) for w in (4, 8)
-        if not (w == 8 and bn == 16)
-    ]
+    # (BLOCK_N, H_CHUNK, num_warps): no register spills on sm_90 (64-token tiles need 8 warps);
+    # the first is the default when VPOG_TRITON_AUTOTUNE=0
+    choices = [(32, 4, 4), (16, 2, 4), (16, 4, 4), (32, 2, 4), (32, 4, 8), (32, 16, 8), (64, 4, 8), (64, 16, 8)]
+    return [triton.Config({"BLOCK_N": bn, "H_CHUNK": hc}, num_warps=w, num_stages=1) for bn, hc, w in choices]
+
+
+def _prune(configs, named_args, **kwargs):
+    return configs[:1] if os.environ.get("VPOG_TRITON_AUTOTUNE", "1") == "0" else configs
 
 
 @triton.jit
-def _rotate_heads(X, sxb, sxh, sxn, sxd, Y, syb, syh, syn, syd, b, h0, h1, offs_n, idx_a, idx_b, mask, c, s):
-    x_rows = X + b * sxb + offs_n[:, None] * sxn
-    y_rows = Y + b * syb + offs_n[:, None] * syn
-    for h in range(h0, h1):
-        hh = h + b * 0  # int64, like b (the head offset h * stride can pass 2^31 in big batches)
-        xa = tl.load(x_rows + hh * sxh + idx_a[None, :] * sxd, mask=mask, other=0.0)
-        xb = tl.load(x_rows + hh * sxh + idx_b[None, :] * sxd, mask=mask, other=0.0)
-        xa32 = xa.to(tl.float32)
-        xb32 = xb.to(tl.float32)
-        tl.store(y_rows + hh * syh + idx_a[None, :] * syd, (xa32 * c - xb32 * s).to(Y.dtype.element_ty), mask=mask)
-        tl.store(y_rows + hh * syh + idx_b[None, :] * syd, (xb32 * c + xa32 * s).to(Y.dtype.element_ty), mask=mask)
+def _rot_store(Y, rows, idx_a, idx_b, syd, xa, xb, c, s, mask):
+    xa32 = xa.to(tl.float32)
+    xb32 = xb.to(tl.float32)
+    tl.store(Y + rows + idx_a[None, :] * syd, (xa32 * c - xb32 * s).to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + rows + idx_b[None, :] * syd, (xb32 * c + xa32 * s).to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_configs(), key=["N_BUCKET", "HALF_PAD", "H", "TWO", "INVERSE"])
+@triton.autotune(configs=_configs(), key=["N_BUCKET", "HALF_PAD", "H", "TWO", "INVERSE"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _s2rope_rotate_kernel(
     X1, Y1, X2, Y2, POS, PAIR_IDX, PAIR_FREQ,
     s1b, s1h, s1n, s1d, t1b, t1h, t1n, t1d, s2b, s2h, s2n, s2d, t2b, t2h, t2n, t2d, spb, spn, spc,
     H, N, N_BUCKET, HALF,
-    HALF_PAD: tl.constexpr, TWO: tl.constexpr, INVERSE: tl.constexpr,
+    HALF_PAD: tl.constexpr, TWO: tl.constexpr, INVERSE: tl.constexpr, FAST: tl.constexpr,
     BLOCK_N: tl.constexpr, H_CHUNK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -77,14 +78,25 @@ def _s2rope_rotate_kernel(
         pg = tl.load(prow + g * spc, mask=n_ok, other=0.0).to(tl.float32)
         fg = tl.load(PAIR_FREQ + g * HALF + offs_p, mask=p_ok, other=0.0)
         ang += pg[:, None] * fg[None, :]
-    c = tl.cos(ang)
-    s = tl.sin(ang)
+    c, s = _sincos(ang, FAST)
     if INVERSE:
         s = -s
     mask = n_ok[:, None] & p_ok[None, :]
-    _rotate_heads(X1, s1b, s1h, s1n, s1d, Y1, t1b, t1h, t1n, t1d, b, h0, h1, offs_n, idx_a, idx_b, mask, c, s)
-    if TWO:
-        _rotate_heads(X2, s2b, s2h, s2n, s2d, Y2, t2b, t2h, t2n, t2d, b, h0, h1, offs_n, idx_a, idx_b, mask, c, s)
+    x1_rows = b * s1b + offs_n[:, None] * s1n
+    y1_rows = b * t1b + offs_n[:, None] * t1n
+    x2_rows = b * s2b + offs_n[:, None] * s2n
+    y2_rows = b * t2b + offs_n[:, None] * t2n
+    for h in range(h0, h1):
+        hh = h + b * 0  # int64, like b: h * stride can pass 2^31 in big batches
+        # issue every load of this head before the stores
+        xa1 = tl.load(X1 + x1_rows + hh * s1h + idx_a[None, :] * s1d, mask=mask, other=0.0)
+        xb1 = tl.load(X1 + x1_rows + hh * s1h + idx_b[None, :] * s1d, mask=mask, other=0.0)
+        if TWO:
+            xa2 = tl.load(X2 + x2_rows + hh * s2h + idx_a[None, :] * s2d, mask=mask, other=0.0)
+            xb2 = tl.load(X2 + x2_rows + hh * s2h + idx_b[None, :] * s2d, mask=mask, other=0.0)
+        _rot_store(Y1, y1_rows + hh * t1h, idx_a, idx_b, t1d, xa1, xb1, c, s, mask)
+        if TWO:
+            _rot_store(Y2, y2_rows + hh * t2h, idx_a, idx_b, t2d, xa2, xb2, c, s, mask)
 
 
 def s2rope_rotate(x1, x2, pos, pair_idx, pair_freq, inverse=False):
@@ -116,6 +128,7 @@ def s2rope_rotate(x1, x2, pos, pair_idx, pair_freq, inverse=False):
             *x1.stride(), *y1.stride(), *x2_.stride(), *y2_.stride(), *pos.stride(),
             H, N, triton.next_power_of_2(max(N, 16)), half,
             HALF_PAD=triton.next_power_of_2(half), TWO=two, INVERSE=bool(inverse),
+            FAST=(not triton_interpreter()) and x1.dtype in (torch.float16, torch.bfloat16),
         )
     return y1, y2
 

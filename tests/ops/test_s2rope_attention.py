@@ -214,12 +214,18 @@ def test_forced_backends_reject_what_they_cannot_run(device):
 # GPU: the real sizes
 
 
+@pytest.fixture
+def no_kernel_autotuning(monkeypatch):
+    """One (default) config per kernel and shape: the size matrix compiles once per case, not per config."""
+    monkeypatch.setenv("VPOG_TRITON_AUTOTUNE", "0")
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("N", [196, 1378])
 @pytest.mark.parametrize("D", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("backend", FAST)
-def test_cuda_real_sizes(backend, dtype, D, N):
+def test_cuda_real_sizes(backend, dtype, D, N, no_kernel_autotuning):
     n = {32: (4, 4, 4, 4), 64: (10, 10, 6, 6), 128: (20, 20, 12, 12)}[D]
     q, k, v, pos = _inputs(2, 3, N, D, dtype, torch.device("cuda"), scale_pos=13.0)
     pos[..., 2:] = pos[..., 2:] / 13.0 * math.pi  # s in [0, pi]
@@ -228,12 +234,40 @@ def test_cuda_real_sizes(backend, dtype, D, N):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", FAST)
-def test_cuda_strided_and_odd(backend):
+def test_cuda_strided_and_odd(backend, no_kernel_autotuning):
     B, N, H, D = 3, 197, 4, 64
     qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     pos = torch.rand(B, N, 4, device="cuda") * 13
     _check(backend, q, k, v, pos, (16, 16, 0, 0))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D", [64, 128])
+def test_cuda_every_kernel_config(D, monkeypatch):
+    """Each autotuning candidate of the fused kernels, alone, against the reference (N = 1378 tails)."""
+    import vpog.kernels.s2rope_attention as kmod
+
+    kernels = (kmod._s2rope_attention_fwd_kernel, kmod._s2rope_attention_bwd_dkdv_kernel,
+               kmod._s2rope_attention_bwd_dq_kernel)
+    tables = (kmod._FWD_CONFIGS, kmod._DKDV_CONFIGS, kmod._DQ_CONFIGS)
+    n = (10, 10, 6, 6) if D == 64 else (20, 20, 12, 12)
+    q, k, v, pos = _inputs(1, 2, 1378, D, torch.bfloat16, torch.device("cuda"), scale_pos=13.0)
+    saved = [(kern.configs, dict(kern.cache)) for kern in kernels]
+    try:
+        for i in range(max(len(t[D]) for t in tables)):
+            for kern, table in zip(kernels, tables):
+                bm, bn, w, st = table[D][i % len(table[D])]
+                kern.configs = [c for c in saved[kernels.index(kern)][0]
+                                if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                                == (bm, bn, w, st)]
+                kern.cache.clear()
+            _check("triton", q, k, v, pos, n)
+    finally:
+        for kern, (configs, cache) in zip(kernels, saved):
+            kern.configs = configs
+            kern.cache.clear()
+            kern.cache.update(cache)
 
 
 @pytest.mark.cuda
