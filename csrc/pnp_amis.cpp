@@ -20,7 +20,7 @@ template <typename T>
 void amis_cpu(const AmisArgs<T>& a) {
   const int64_t R = a.R, S = a.S, B = a.B;
   const SerialReduce red;
-  at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, B, cpu_grain(R * S * (a.N + R)), [&](int64_t lo, int64_t hi) {
     std::vector<T> lp(static_cast<size_t>(R * S * R)), lw(static_cast<size_t>(R * S));
     for (int64_t b = lo; b < hi; ++b) {
       Proposal<T> props[kMaxRounds];

@@ -20,7 +20,7 @@ constexpr int64_t kCpuPointChunk = 64;
 template <typename T>
 void cost_fwd_cpu(const T* pose, const T* x3d, const T* x2d, const T* w2d, const T* Kp, const T* delta, T z_min,
                   int64_t P, int64_t B, int64_t N, T* cost) {
-  at::parallel_for(0, P * B, 16, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, P * B, cpu_grain(N), [&](int64_t lo, int64_t hi) {
     for (int64_t pb = lo; pb < hi; ++pb) {
       const int64_t b = pb % B;
       const Rigid<T> R = make_rigid(pose + pb * 7);
@@ -40,10 +40,10 @@ void cost_bwd_cpu(const T* grad_cost, const T* pose, const T* x3d, const T* x2d,
                   const T* delta, T z_min, int64_t P, int64_t B, int64_t N, T* gx3d, T* gx2d, T* gw2d,
                   T* gdelta_partial, int64_t chunks) {
   std::vector<Rigid<T>> rigid(static_cast<size_t>(P * B));
-  at::parallel_for(0, P * B, 64, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, P * B, 1024, [&](int64_t lo, int64_t hi) {
     for (int64_t pb = lo; pb < hi; ++pb) rigid[pb] = make_rigid(pose + pb * 7);
   });
-  at::parallel_for(0, B * chunks, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, B * chunks, cpu_grain(kCpuPointChunk * P), [&](int64_t lo, int64_t hi) {
     for (int64_t bc = lo; bc < hi; ++bc) {
       const int64_t b = bc / chunks, chunk = bc % chunks;
       const Camera<T> K = load_camera(Kp + b * 9);

@@ -37,6 +37,14 @@ constexpr int kJtj = 0;
 constexpr int kGrad = 21;
 constexpr int kCost = 27;
 constexpr int kAcc = 28;
+// CPU: split loops over problems into chunks of at least this many point evaluations, so that tiny
+// batches do not pay for waking the thread pool.
+constexpr int64_t kCpuGrainPoints = 32768;
+
+inline int64_t cpu_grain(int64_t points_per_item) {
+  const int64_t per = points_per_item > 0 ? points_per_item : 1;
+  return kCpuGrainPoints / per > 1 ? kCpuGrainPoints / per : 1;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Scalar helpers with one spelling on host and device.

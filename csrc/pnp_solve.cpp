@@ -49,16 +49,16 @@ template <typename T>
 void solve_cpu(SolveArgs<T> a) {
   const SerialReduce red;
   if (a.rs_index) {
-    at::parallel_for(0, a.B, 1, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, a.B, cpu_grain(2 * a.N), [&](int64_t lo, int64_t hi) {
       for (int64_t b = lo; b < hi; ++b) center_translation(a, b, 0, 1, red, a.rs_center + b * 3);
     });
     if (!a.pose_init || a.force_init_solve) {
-      at::parallel_for(0, a.P * a.B, 1, [&](int64_t lo, int64_t hi) {
+      at::parallel_for(0, a.P * a.B, cpu_grain(a.k * (a.init_iter + 1) + a.N), [&](int64_t lo, int64_t hi) {
         for (int64_t pb = lo; pb < hi; ++pb) rs_proposal(a, pb / a.B, pb % a.B, 0, 1, red);
       });
     }
   }
-  at::parallel_for(0, a.B, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, a.B, cpu_grain(a.N * (a.num_iter + 3)), [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) solve_problem(a, b, 0, 1, red);
   });
 }
