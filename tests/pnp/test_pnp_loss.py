@@ -113,6 +113,16 @@ def test_degenerate_problems_are_left_out(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("B,N", [(0, 10), (2, 3), (2, 1), (2, 0)])
+def test_empty_and_tiny_batches(backend, B, N):
+    x3d, x2d, w2d, K, gt = (t[:B] for t in _problems(max(B, 1), max(N, 1)))
+    w2d = w2d[:, :N].clone().requires_grad_()
+    out = MonteCarloPoseLoss(PoseLossConfig(mc_samples=16, backend=backend))(x3d[:, :N], x2d[:, :N], w2d, K, gt)
+    (out.loss_mc + out.loss_reg).backward()
+    assert out.loss_mc == 0 and not out.valid.any() and (w2d.grad == 0).all()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_norm_factor_running_average(backend):
     inputs = _problems(2, 10)
     w2d = inputs[2]

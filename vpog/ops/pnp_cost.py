@@ -192,7 +192,7 @@ class _PnPCostFromValues(torch.autograd.Function):
         return (None, None, *grads[:3], None, grads[3], None)
 
 
-def pnp_cost(pose, x3d, x2d, w2d, K, delta, z_min: float = Z_MIN, backend: str = "auto"):
+def pnp_cost(pose, x3d, x2d, w2d, K, delta, backend: str = "auto", *, z_min: float = Z_MIN):
     """Robust reprojection cost of B PnP problems at P poses each.
 
     pose: [P, B, 7] (or [B, 7]) poses [tx, ty, tz, qw, qx, qy, qz], T_m2c, metres; no gradient.

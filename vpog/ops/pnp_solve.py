@@ -205,8 +205,14 @@ def center_based_translation(x3d, x2d, K, eps: float = 1e-6):
     x2dh = F.pad(x2d, [0, 1], mode="constant", value=1.0)
     x2dc = torch.linalg.solve_ex(K, x2dh.transpose(-1, -2))[0].transpose(-1, -2)  # no error (or sync) if singular
     x2dc = x2dc[..., :2] / x2dc[..., 2:].clamp(min=eps)
-    x2dc_std, x2dc_mean = torch.std_mean(x2dc, dim=-2)
-    x3d_std = torch.std(x3d, dim=-2)
+    n = x2d.shape[-2]
+
+    def std(x):  # unbiased, as torch.std, written out: NaN without a warning when n = 1
+        mean = x.mean(dim=-2)
+        return ((x - mean.unsqueeze(-2)).square().sum(dim=-2) / (n - 1)).sqrt(), mean
+
+    x2dc_std, x2dc_mean = std(x2dc)
+    x3d_std = std(x3d)[0]
     scale = math.sqrt(2 / 3) * x3d_std.norm(dim=-1) / x2dc_std.norm(dim=-1).clamp(min=eps)
     return F.pad(x2dc_mean, [0, 1], mode="constant", value=1.0) * scale[:, None]
 

@@ -158,6 +158,9 @@ def amis(x3d, x2d, w2d, K, delta, pose_opt, jtj, noise: AMISNoise, z_min: float,
     noise: `draw_amis_noise(R, S, B)` in x3d's dtype and device. Returns AMISResult (no gradients).
     """
     choice = select_backend("pnp_amis", backend, x3d.device)
+    R, S, B = noise.chi2.shape
+    if B == 0:
+        return AMISResult(x3d.new_zeros((R * S, 0, 7)), x3d.new_zeros((R * S, 0)), x3d.new_zeros((R * S, 0)))
     if choice == "reference":
         return amis_reference(x3d, x2d, w2d, K, delta, pose_opt, jtj, noise, z_min, acg_mle_iter,
                               acg_dispersion, eps)

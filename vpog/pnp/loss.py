@@ -138,7 +138,7 @@ def monte_carlo_terms(x3d, x2d, w2d, K, delta, pose_gt, samples, log_q, z_min: f
         costs = pnp_cost_from_values(values, poses.contiguous(), x3d.contiguous(), x2d.contiguous(),
                                      w2d.contiguous(), K.contiguous(), delta.contiguous(), z_min)
     else:
-        costs = pnp_cost(poses, x3d, x2d, w2d, K, delta, z_min, backend=choice)
+        costs = pnp_cost(poses, x3d, x2d, w2d, K, delta, backend=choice, z_min=z_min)
     return costs[0], -costs[1:] - log_q.detach()
 
 
@@ -183,6 +183,11 @@ class MonteCarloPoseLoss(torch.nn.Module):
         B, N = check_problem(x3d, x2d, w2d, K)
         check_pose("pose_gt", pose_gt, x3d, B, leading=False)
         dtype, device = x3d.dtype, x3d.device
+        if B == 0:  # keep the graph connected, with zero gradients
+            zero = (x3d.sum() + x2d.sum() + w2d.sum()) * 0
+            empty = torch.zeros_like(pose_gt)
+            return PoseLossOutput(zero, zero, zero, zero, x3d.new_zeros(0), empty, None,
+                                  torch.zeros(0, dtype=torch.bool, device=device), self.norm_factor.to(dtype))
 
         # -- problems that can be used; the others are replaced by harmless zeros
         finite = (torch.isfinite(x3d).all(dim=(1, 2)) & torch.isfinite(x2d).all(dim=(1, 2))
