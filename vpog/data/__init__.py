@@ -3,7 +3,8 @@
 - `python -m vpog.data.synthesize ...` writes BOP-webdataset shards and GigaPose templates from any meshes
   (or procedural objects); `ensure_synthetic_dataset` does it on first use (needs the `render` extra).
 - `VPOGDataset`, `MixedSampler`, `build_train_loader` read MegaPose-GSO/ShapeNet and synthetic roots into
-  `VPOGBatch` (torch, numpy and Pillow only).
+  `VPOGBatch` (torch, numpy and Pillow only). Objects are filtered per set by
+  `train_datasets[i].object_ids` / `exclude_object_ids` or `VPOGDataset.restrict_objects` (held-out objects).
 
 Names are imported lazily so that the loader never pulls in trimesh or pyrender.
 """

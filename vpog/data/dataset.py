@@ -13,6 +13,11 @@ first use. A bad sample (unreadable member, bad JSON, empty mask, no valid depth
 non-finite pose) is counted and replaced by another instance of the same set; the counts ride on each
 batch (`VPOGBatch.skipped`) so the trainer can log them whatever the number of workers.
 
+Object filter: `train_datasets[i].object_ids` / `exclude_object_ids` (or `VPOGDataset.restrict_objects`
+at run time) remove objects from a set's instance list itself, so the sampler, the per-rank split and
+the replacement of bad samples only ever see the remaining objects (held-out objects never leak into
+training through a replacement draw, as they would with a subset view over the whole set).
+
 `MixedSampler` mixes several sets by ratio and splits each epoch's list into disjoint per-rank shards,
 reshuffled by epoch; it can start mid-epoch for exact data-position resume. Samples carry their own seed,
 so a sample's crop jitter, template draw and augmentation do not depend on the worker that makes it.
@@ -22,11 +27,13 @@ Needs torch, numpy and Pillow only (no trimesh, pyrender or webdataset).
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -39,7 +46,7 @@ from .batch import collate_vpog
 from .crop import box_from_mask, box_from_xywh, crop_matrix, jitter_box, warp_crop
 from .rle import rle_to_mask
 from .shards import ShardReadError
-from .sources import TrainingSource
+from .sources import TrainingSource, object_id_list
 from .templates import read_png_depth, read_view, viewing_directions
 
 logger = logging.getLogger(__name__)
@@ -58,10 +65,19 @@ class TrainSetConfig:
     ratio: float = 1.0
     """share of each epoch drawn from this set (normalised over all sets)."""
     split: str = "train_pbr_web"
+    object_ids: list[int] | None = None
+    """keep only the instances of these object ids of the set (None: every object)."""
+    exclude_object_ids: list[int] | None = None
+    """drop the instances of these object ids (wins over `object_ids`); None: drop nothing."""
 
     def __post_init__(self):
         if self.ratio <= 0:
             raise ValueError(f"train_datasets[{self.name}].ratio must be > 0, got {self.ratio}")
+        self.object_ids = object_id_list(self.object_ids, f"train_datasets[{self.name}].object_ids")
+        self.exclude_object_ids = object_id_list(self.exclude_object_ids,
+                                                 f"train_datasets[{self.name}].exclude_object_ids")
+        if self.object_ids is not None and not self.object_ids:
+            raise ValueError(f"train_datasets[{self.name}].object_ids is empty (null keeps every object)")
 
 
 @dataclass(kw_only=True)
@@ -127,6 +143,11 @@ class DataConfig:
         if unknown:
             raise ValueError(f"unknown data config keys {unknown}; known: {sorted(known)}")
         cfg["augment"] = AugmentConfig(**cfg.get("augment", {}))
+        set_keys = {f.name for f in fields(TrainSetConfig)}
+        for i, d in enumerate(cfg.get("train_datasets", [])):
+            unknown = sorted(set(d) - set_keys)
+            if unknown:
+                raise ValueError(f"unknown train_datasets[{i}] keys {unknown}; known: {sorted(set_keys)}")
         cfg["train_datasets"] = [TrainSetConfig(**d) for d in cfg.get("train_datasets", [])]
         return cls(**cfg)
 
@@ -148,7 +169,9 @@ class VPOGDataset(torch.utils.data.Dataset):
     """Map-style dataset over all usable instances of all `cfg.train_datasets` (concatenated).
 
     `dataset[i]` or `dataset[(i, seed)]` -> sample dict (see `collate_vpog`). `index_stats` holds what
-    indexing dropped per set; `skip_counts` what this process skipped while loading.
+    indexing dropped per set; `skip_counts` what this process skipped while loading. Each set's object
+    filter (`TrainSetConfig.object_ids` / `exclude_object_ids`, or `restrict_objects`) applies to its
+    instance list, hence to indices, `source_sizes` and bad-sample replacements alike.
     """
 
     def __init__(self, cfg: DataConfig, train: bool = True, seed: int = 0, progress: bool = False):
@@ -159,17 +182,61 @@ class VPOGDataset(torch.utils.data.Dataset):
             TrainingSource(d.name, d.root, d.templates, split=d.split, min_visib_fract=cfg.min_visib_fract,
                            index_cache_dir=(f"{cfg.index_cache_dir}/{d.name}" if cfg.index_cache_dir else None),
                            index_workers=cfg.index_workers, missing_templates=cfg.missing_templates,
-                           progress=progress)
+                           progress=progress, object_ids=d.object_ids, exclude_object_ids=d.exclude_object_ids)
             for d in cfg.train_datasets
         ]
-        self.source_sizes = [len(s) for s in self.sources]
         self.ratios = [d.ratio for d in cfg.train_datasets]
+        self._reset()
+        for s in self.sources:
+            logger.info("training set '%s': %d usable instances (%s)", s.name, len(s), s.stats)
+
+    def _reset(self) -> None:
+        """Sizes and offsets from `self.sources`; empty skip counts and template cache."""
+        self.source_sizes = [len(s) for s in self.sources]
         self._base = np.concatenate([[0], np.cumsum(self.source_sizes)]).astype(np.int64)
         self.skip_counts: Counter = Counter()
         self._cache: OrderedDict = OrderedDict()
         self._cache_bytes = 0
-        for s in self.sources:
-            logger.info("training set '%s': %d usable instances (%s)", s.name, len(s), s.stats)
+
+    def set_number(self, dataset: int | str) -> int:
+        """Position of a training set in `cfg.train_datasets`, from its position or its name."""
+        names = [s.name for s in self.sources]
+        if isinstance(dataset, str):
+            if dataset not in names:
+                raise ValueError(f"dataset must be one of the training sets {names}, got {dataset!r}")
+            return names.index(dataset)
+        if isinstance(dataset, bool) or not isinstance(dataset, Integral) or not 0 <= dataset < len(names):
+            raise ValueError(f"dataset must be a set number in [0, {len(names)}) or a name in {names}, "
+                             f"got {dataset!r}")
+        return int(dataset)
+
+    def restrict_objects(self, dataset: int | str = 0, *, object_ids=None, exclude_object_ids=None) -> VPOGDataset:
+        """A copy of this dataset whose set `dataset` (number or name) keeps only the instances of
+        `object_ids` (None: all its objects) minus those of `exclude_object_ids`.
+
+        No re-indexing: the shard index and template poses are shared. Indices are renumbered over the
+        filtered instance lists (`len`, `source_sizes` shrink), and bad samples are replaced from the
+        filtered list only. `cfg` records the filter (ids merged with any already configured). An id
+        that is not an object of the set's shards, or a filter leaving nothing, raises ValueError.
+        """
+        s = self.set_number(dataset)
+        keep = object_id_list(object_ids, "object_ids")
+        drop = object_id_list(exclude_object_ids, "exclude_object_ids")
+        source = self.sources[s].restricted(keep, drop)
+        old = self.cfg.train_datasets[s]
+        merged = replace(
+            old,
+            object_ids=keep if old.object_ids is None else (
+                old.object_ids if keep is None else sorted(set(old.object_ids) & set(keep))),
+            exclude_object_ids=sorted(set(old.exclude_object_ids or ()) | set(drop or ())) or None)
+        out = copy.copy(self)
+        out.cfg = replace(self.cfg, train_datasets=[
+            merged if i == s else d for i, d in enumerate(self.cfg.train_datasets)])
+        out.sources = [source if i == s else src for i, src in enumerate(self.sources)]
+        out._reset()
+        logger.info("training set '%s' restricted to %d usable instances of objects %s (object_ids=%s, "
+                    "exclude_object_ids=%s)", source.name, len(source), source.objects, keep, drop)
+        return out
 
     @property
     def index_stats(self) -> dict[str, dict[str, int]]:

@@ -10,13 +10,22 @@ object that the shards use.
 MegaPose's list `[{"obj_id": 1, "gso_id": ...}]` (no diameters). Missing diameters come from GigaPose's
 `{templates}/{name}/diameter.json` when present, else from the template poses (GigaPose puts the
 template camera at one diameter from the object, so |t| = diameter).
+
+Object filter: `object_ids` keeps only the instances of those objects, `exclude_object_ids` drops the
+instances of those (exclusion wins where both name an object); ids must be objects of the set's shards, so
+a typo fails instead of silently training on everything. `restricted(...)` filters an existing source
+further without indexing again (e.g. holding out objects once the split is known). Filtered-out objects
+need no templates.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+from collections.abc import Iterable
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -46,16 +55,31 @@ def load_models_info(root: Path) -> dict[int, dict]:
     raise ValueError(f"{path} must be a dict keyed by obj_id or a list of {{'obj_id': ...}}, got {type(data).__name__}")
 
 
+def object_id_list(values: Iterable | None, arg: str) -> list[int] | None:
+    """Sorted unique object ids from `values` (None stays None); ValueError naming `arg` for non-integers."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{arg} must be a list of integer object ids or null, got {values!r}")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, Integral)]
+    if bad:
+        raise ValueError(f"{arg} must hold integer object ids, got {bad[:5]}")
+    return sorted({int(v) for v in values})
+
+
 class TrainingSource:
     """A training set: instances usable for training plus per-object template poses and diameters.
 
     `instances` [N] indexes the shard index's instance arrays (visib_fract > min_visib_fract, known object,
-    templates present). `stats` counts everything dropped, by reason.
+    templates present, passing the object filter). `stats` counts everything dropped, by reason
+    (`excluded_objects`: visible instances removed by the object filter). `shard_objects` holds every
+    object id of the shards, the ids a filter may name.
     """
 
     def __init__(self, name: str, root: str | Path, templates: str | Path, split: str = "train_pbr_web",
                  min_visib_fract: float = 0.1, index_cache_dir: str | Path | None = None, index_workers: int = 0,
-                 missing_templates: str = "error", progress: bool = False):
+                 missing_templates: str = "error", progress: bool = False, object_ids: Iterable[int] | None = None,
+                 exclude_object_ids: Iterable[int] | None = None):
         if missing_templates not in ("error", "skip"):
             raise ValueError(f"missing_templates must be 'error' or 'skip', got {missing_templates!r}")
         self.name = name
@@ -72,7 +96,9 @@ class TrainingSource:
         self.stats = dict(self.index.stats.as_dict())
 
         idx = self.index
-        used = np.unique(idx.inst_obj)
+        self.shard_objects = np.unique(idx.inst_obj).astype(np.int64)
+        selected = self._object_mask(idx.inst_obj, object_ids, exclude_object_ids)
+        used = np.unique(idx.inst_obj[selected])
         unknown = [int(o) for o in used if int(o) not in self.models_info]
         if unknown:
             logger.warning("training set '%s': %d object ids in the shards are not in models_info.json (e.g. %s); "
@@ -94,19 +120,67 @@ class TrainingSource:
                            len(missing))
         bad = np.isin(idx.inst_obj, np.array(unknown + missing, dtype=np.int64))
         visible = idx.inst_visib > min_visib_fract
-        self.instances = np.flatnonzero(visible & ~bad).astype(np.int64)
-        self.stats.update(unknown_object=int((visible & np.isin(idx.inst_obj, unknown)).sum()),
-                          no_templates=int((visible & np.isin(idx.inst_obj, missing)).sum()),
-                          low_visibility=int((~visible).sum()), usable_instances=len(self.instances))
+        self.instances = np.flatnonzero(visible & ~bad & selected).astype(np.int64)
+        self.stats.update(unknown_object=int((visible & selected & np.isin(idx.inst_obj, unknown)).sum()),
+                          no_templates=int((visible & selected & np.isin(idx.inst_obj, missing)).sum()),
+                          low_visibility=int((~visible).sum()), excluded_objects=int((visible & ~selected).sum()),
+                          usable_instances=len(self.instances))
         if len(self.instances) == 0:
             raise ValueError(f"training set '{name}' at {self.root} has no usable instances "
-                             f"(visib_fract > {min_visib_fract} with templates); index stats: {self.stats}")
+                             f"(visib_fract > {min_visib_fract} with templates, object_ids={object_ids}, "
+                             f"exclude_object_ids={exclude_object_ids}); index stats: {self.stats}")
         self.template_K, self.template_width, self.template_height = read_camera(self.template_root, name)
         self._diameter_json = self._load_diameter_json()
         self._poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.instances)
+
+    @property
+    def instance_objects(self) -> np.ndarray:
+        """Object id of every usable instance. [N] int64."""
+        return np.asarray(self.index.inst_obj[self.instances], dtype=np.int64)
+
+    @property
+    def objects(self) -> list[int]:
+        """Sorted object ids that have usable instances."""
+        return np.unique(self.instance_objects).tolist()
+
+    def _object_mask(self, inst_obj: np.ndarray, object_ids: Iterable[int] | None,
+                     exclude_object_ids: Iterable[int] | None) -> np.ndarray:
+        """Bool mask over `inst_obj`: in `object_ids` (all when None) and not in `exclude_object_ids`."""
+        keep = object_id_list(object_ids, "object_ids")
+        drop = object_id_list(exclude_object_ids, "exclude_object_ids")
+        known = set(self.shard_objects.tolist())
+        for arg, ids in (("object_ids", keep), ("exclude_object_ids", drop)):
+            unknown = [i for i in ids or () if i not in known]
+            if unknown:
+                shown = sorted(known)
+                raise ValueError(f"training set '{self.name}': {arg} names object id(s) {unknown} that are not in "
+                                 f"its shards (objects: {shown[:20]}{' ...' if len(shown) > 20 else ''})")
+        if keep is not None and not keep:
+            raise ValueError(f"training set '{self.name}': object_ids is empty (null keeps every object)")
+        mask = np.ones(len(inst_obj), dtype=bool) if keep is None else np.isin(inst_obj, keep)
+        if drop:
+            mask &= ~np.isin(inst_obj, drop)
+        return mask
+
+    def restricted(self, object_ids: Iterable[int] | None = None,
+                   exclude_object_ids: Iterable[int] | None = None) -> TrainingSource:
+        """A copy holding only this source's instances of `object_ids` (None: all) minus `exclude_object_ids`.
+
+        Shares the shard index and template caches (no indexing); ids must be objects of the shards
+        (ValueError naming them), and something must be left (ValueError).
+        """
+        mask = self._object_mask(self.instance_objects, object_ids, exclude_object_ids)
+        out = copy.copy(self)
+        out.instances = self.instances[mask]
+        out.stats = dict(self.stats, excluded_objects=self.stats.get("excluded_objects", 0) + int((~mask).sum()),
+                         usable_instances=len(out.instances))
+        if len(out.instances) == 0:
+            raise ValueError(f"training set '{self.name}': no usable instance left with object_ids={object_ids}, "
+                             f"exclude_object_ids={exclude_object_ids} (objects with instances: {self.objects})")
+        return out
 
     def _load_diameter_json(self) -> dict[int, float]:
         path = self.template_dir / "diameter.json"  # GigaPose writes this next to its GSO templates
