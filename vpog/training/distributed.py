@@ -250,13 +250,15 @@ def init_distributed(machine: MachineConfig, timeout_s: float = 1800.0,
             raise ValueError("machine.dist_backend 'nccl' needs CUDA devices; use gloo (or auto) on CPU")
         timeout = datetime.timedelta(seconds=float(timeout_s))
         if not dist.is_initialized():
+            # device_id binds NCCL to this rank's GPU (no guessing in barrier())
+            extra = {"device_id": device} if backend == "nccl" else {}
             if env.launcher == "torchrun":
                 dist.init_process_group(backend=backend, store=_torchrun_store(env, timeout, environ),
-                                        rank=env.rank, world_size=env.world_size, timeout=timeout)
+                                        rank=env.rank, world_size=env.world_size, timeout=timeout, **extra)
             else:
                 dist.init_process_group(
                     backend=backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                    rank=env.rank, world_size=env.world_size, timeout=timeout,
+                    rank=env.rank, world_size=env.world_size, timeout=timeout, **extra,
                 )
         log.info("process group: %s, rank %d of %d (local %d of %d, from %s), device %s",
                  backend, env.rank, env.world_size, env.local_rank, env.local_world_size, env.launcher, device)
