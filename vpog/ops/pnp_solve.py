@@ -249,6 +249,7 @@ def draw_random_init(w2d, num_proposals: int, num_points: int, generator=None):
 def _random_init_reference(x3d, x2d, w2d, K, delta, index, quat, init_iter, fast_mode, z_min):
     """EPro-PnP's RSLMSolver.solve with given draws -> (pose [B, 7], cost [B])."""
     P, B, k = index.shape
+    index = index.clamp(0, x3d.shape[1] - 1)  # as the extension: never read outside the problem
     t0 = center_based_translation(x3d, x2d, K)
     pose0 = torch.cat((t0.unsqueeze(0).expand(P, B, 3), quat), dim=-1).reshape(P * B, 7)
     bidx = torch.arange(B, device=x3d.device)[None, :, None]
