@@ -176,6 +176,9 @@ def build_eval_data(cfg, seed: int = 0):
     if chosen is None:
         raise ValueError(f"eval.objects must be heldout, train or all, got {e.objects!r}")
     cap = None if e.max_queries_per_object is None else int(e.max_queries_per_object)
+    # Restrict the data set itself, so a broken query's replacement draw stays inside the evaluated objects.
+    dataset = dataset.restrict_objects(s, object_ids=sorted(chosen))
+    objs, offset = dataset_objects(dataset, s)
     positions = order_by_object(objs, select_instances(objs, chosen, cap, seed))
     subset = ObjectSubset(dataset, positions + offset)
     library = ObjectLibrary(dataset.sources[s], crop_size=dcfg.crop_size, max_model_points=int(e.max_model_points),

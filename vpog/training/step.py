@@ -165,21 +165,12 @@ class VPOGTask(TrainTask):
         return self._split
 
     def train_dataset(self):
-        from vpog.evaluation.split import ObjectSubset, dataset_objects
-
-        base = self._base()
+        """Set 0 without its held-out objects (filtered inside the data set, so broken-sample
+        replacements cannot draw a held-out object), the other sets whole."""
         _, held = self._held_out()
-        parts, sizes = [], []
-        for s in range(len(base.sources)):
-            objs, offset = dataset_objects(base, s)
-            keep = np.flatnonzero(~np.isin(objs, held)) if s == 0 else np.arange(len(objs))
-            if len(keep) == 0:
-                raise ValueError(f"training set '{base.sources[s].name}' has no instance left after holding out "
-                                 f"objects {held}")
-            parts.append(keep + offset)
-            sizes.append(len(keep))
-        self._train_sizes = sizes
-        return ObjectSubset(base, np.concatenate(parts))
+        ds = self._base().restrict_objects(0, exclude_object_ids=held)
+        self._train_sizes = list(ds.source_sizes)
+        return ds
 
     def epoch_order(self, dataset):
         """Each epoch: the training sets mixed by `ratio` (MixedSampler's list for one rank, unpadded)."""
@@ -197,7 +188,10 @@ class VPOGTask(TrainTask):
             from vpog.evaluation.split import ObjectSubset, dataset_objects, select_instances
 
             _, held = self._held_out()
-            val_base = VPOGDataset(self.data_cfg, train=False, seed=self.seed)
+            if not held:
+                return None
+            # Restricted to the held-out objects, so a broken query is replaced by another held-out one.
+            val_base = VPOGDataset(self.data_cfg, train=False, seed=self.seed).restrict_objects(0, object_ids=held)
             objs, offset = dataset_objects(val_base, 0)
             positions = order_by_object(objs, select_instances(objs, held, max_per_object=64, seed=self.seed))
             if len(positions) == 0:
