@@ -93,7 +93,7 @@ def _pruner(table):
         order = table[64 if args["HEAD_DIM"] <= 64 else 128]
         allowed = set(order)
         # short sequences: no 128 x 128 tiles; float32 (IEEE dots on FMA units, register-bound): small tiles
-        max_tile = 64 * 64 if args.get("DOT_PREC") == "ieee" else 128 * 64 if args["N_BUCKET"] <= 256 else 128 * 128
+        max_tile = 64 * 32 if args.get("DOT_PREC") == "ieee" else 128 * 64 if args["N_BUCKET"] <= 256 else 128 * 128
         kept = [
             c for c in configs
             if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed

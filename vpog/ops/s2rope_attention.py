@@ -17,8 +17,9 @@ Backends (all compute the same function; see docs/s2rope_attention.md):
   Q and K tiles in-kernel, forward and backward. Head dims 32, 64, 128; float16/bfloat16/float32.
 - "triton_rope_sdpa": a Triton pre-pass (kernels/s2rope_rotate.py) rotates q and k in one launch,
   then PyTorch SDPA runs (cuDNN first, else flash / memory-efficient / math). Any even head dim.
-- "auto": the reference on CPU; on CUDA the path of the measured table `AUTO_TABLE` for the
-  (dtype, head dim, N, fwd-only or training) key, or, with VPOG_ATTN_AUTOTUNE=1, the fastest path
+- "auto": the reference on CPU; on CUDA the path `AUTO_TABLE` gives for the (dtype, head dim, N,
+  fwd-only or training) key (rows come from benchmarks/test_bench_s2rope_attention.py; until it has
+  run on the H100 the one row is an estimate), or, with VPOG_ATTN_AUTOTUNE=1, the fastest path
   measured on the first call of each key (cached for the process).
 """
 
