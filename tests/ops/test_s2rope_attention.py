@@ -171,6 +171,20 @@ def test_fast_paths_strided_inputs(backend, device):
 
 
 @needs_triton
+@pytest.mark.parametrize("backend", FAST)
+def test_fast_paths_expanded_output_grad(backend, device):
+    """out.sum() hands the backward a stride-0 gradient."""
+    q, k, v, pos = _inputs(1, 2, 9, 32, torch.float32, device)
+    grads = []
+    for b in (backend, "reference"):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        s2rope_attention(*leaves, pos, (4, 4, 4, 4), backend=b).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
 def test_rope_sdpa_any_even_head_dim(device):
     q, k, v, pos = _inputs(1, 3, 11, 20, torch.float32, device)  # D/2 = 10: padded pair tile, H = 3
     _check("triton_rope_sdpa", q, k, v, pos, (3, 2, 3, 2))
