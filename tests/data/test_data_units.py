@@ -48,6 +48,11 @@ def test_rle_rejects_bad_input():
         rle_to_mask([1, 2])
     with pytest.raises(ValueError, match=r"\[H, W\]"):
         mask_to_rle(np.zeros(4))
+    # malformed JSON types: a ValueError (counted as a bad sample by the loader), never a TypeError
+    for bad in ({"counts": [1, 2], "size": 5}, {"counts": None, "size": [1, 3]},
+                {"counts": {"a": 1}, "size": [1, 3]}, {"counts": [[1, 2]], "size": [1, 3]}):
+        with pytest.raises(ValueError, match=r"rle\['(size|counts)'\]"):
+            rle_to_mask(bad)
 
 
 def test_crop_matrix_maps_box_edges_to_crop_edges():

@@ -207,6 +207,20 @@ def test_bad_data_is_skipped_and_counted(tiny_set, tmp_path):
     assert sum(ds.skip_counts.values()) == sum(batch.skipped.values())
 
 
+def test_template_depth_of_another_size_is_a_counted_bad_sample(tiny_set, tmp_path):
+    root = copy_set(tiny_set, tmp_path / "tdepth")
+    ds = VPOGDataset(config(root), train=True)
+    src = ds.sources[0]
+    obj = int(src.index.inst_obj[src.instances[0]])
+    path = root / "templates" / "synthetic" / f"{obj:06d}" / "000000_depth.png"
+    Image.fromarray(np.full((10, 12), 500, np.uint16)).save(path)
+    from vpog.data.dataset import SampleError
+
+    with pytest.raises(SampleError, match="depth") as info:
+        ds._template(0, src, obj, 0)
+    assert info.value.reason == "shape_mismatch"
+
+
 def test_missing_inputs_give_clear_errors(tiny_set, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         VPOGDataset(config(tmp_path / "nowhere"))

@@ -351,6 +351,9 @@ class VPOGDataset(torch.utils.data.Dataset):
             raise SampleError("missing_template", str(exc)) from None
         except (ValueError, OSError, SyntaxError) as exc:
             raise SampleError("decode_error", f"template {src.name}/{obj_id}/{view}: {exc}") from None
+        if depth.shape != mask.shape:  # else the depth crop would silently miss the image crop
+            raise SampleError("shape_mismatch", f"template {src.name}/{obj_id:06d}/{view:06d}: image "
+                                                f"{mask.shape}, depth {depth.shape}")
         if not mask.any():
             raise SampleError("empty_mask", f"template {src.name}/{obj_id:06d}/{view:06d} has an empty alpha")
         size = self.cfg.crop_size

@@ -64,13 +64,22 @@ def rle_to_mask(rle: dict) -> np.ndarray:
     if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
         raise ValueError(f"rle must be a dict with 'counts' and 'size', got {type(rle).__name__}")
     size = rle["size"]
-    if len(size) != 2:
-        raise ValueError(f"rle['size'] must be [H, W], got {size}")
-    h, w = int(size[0]), int(size[1])
+    try:
+        if len(size) != 2:
+            raise ValueError
+        h, w = int(size[0]), int(size[1])
+    except (TypeError, ValueError):
+        raise ValueError(f"rle['size'] must be [H, W] (two integers), got {size!r}") from None
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
         counts = _counts_from_string(counts)
-    runs = np.asarray(counts, dtype=np.int64)
+    try:
+        runs = np.asarray(counts, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise ValueError(f"rle['counts'] must be a list of run lengths or a compressed string, "
+                         f"got {type(counts).__name__}") from None
+    if runs.ndim != 1:
+        raise ValueError(f"rle['counts'] must be a flat list of run lengths, got shape {runs.shape}")
     if runs.size and runs.min() < 0:
         raise ValueError("rle['counts'] holds a negative run length")
     if int(runs.sum()) != h * w:
