@@ -103,3 +103,25 @@ def test_finished_run_restarts_as_a_no_op_and_stop_request_checkpoints(tmp_path)
     stop = [e for e in read_metrics(tmp_path / "stop" / "metrics.jsonl", "event") if e["event"] == "stop"]
     assert stop[0]["signal"] == "SIGTERM"
     assert torch.get_default_dtype() == torch.float32
+
+
+class _ValRecorder(ToyTask):
+    seen: list[int]
+
+    def val_step(self, model, batch, ctx):
+        self.seen = getattr(self, "seen", []) + batch["index"].tolist()
+        return super().val_step(model, batch, ctx)
+
+
+def test_validation_reads_a_small_held_out_set_once(tmp_path):
+    """7 held-out samples, batch 3, val_batches 50: one pass (3 batches), no wrap-around repeats."""
+    cfg = _cfg(tmp_path, "val", optim={"max_steps": 2}, log={"val_every_steps": 2, "val_batches": 50})
+    task = _ValRecorder(cfg)
+    trainer = Trainer(cfg, task=task)
+    try:
+        assert trainer.train() == 0
+    finally:
+        trainer.close()
+    assert sorted(task.seen) == list(range(7))
+    val = read_metrics(tmp_path / "val" / "metrics.jsonl", "val")
+    assert [r["step"] for r in val] == [2]

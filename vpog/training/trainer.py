@@ -44,7 +44,7 @@ from vpog.training.checkpoint import CheckpointConfig, Checkpointer, load_checkp
 from vpog.training.logger import LogConfig, MetricLogger, init_logger
 from vpog.training.optim import OptimConfig, build_optimizer, build_scheduler
 from vpog.training.rng import capture_rng_state, restore_rng_state, seed_all
-from vpog.training.sampler import PositionedDataset, StreamBatchSampler
+from vpog.training.sampler import PositionedDataset, SampleKey, StreamBatchSampler
 from vpog.training.task import StepContext, StepOutput, TrainTask, build_task
 
 log = logging.getLogger(__name__)
@@ -457,14 +457,15 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             model = _unwrap(self.model)
             model.eval()
-            sampler = StreamBatchSampler(len(self.val_set), self.batch_size, self.ctx.rank, self.ctx.world_size,
-                                         seed=c.seed, shuffle=False)
-            loader = self._loader(self._positioned(self.val_set), sampler)
+            # one pass at most: this rank's share (every world_size-th sample), up to val_batches batches;
+            # no wrap-around, so a small held-out set is not counted several times
+            share = list(range(self.ctx.rank, len(self.val_set), self.ctx.world_size))
+            batches = [[SampleKey(i, i) for i in share[j:j + self.batch_size]]
+                       for j in range(0, len(share), self.batch_size)][:c.log.val_batches]
+            loader = self._loader(self._positioned(self.val_set), batches)
             values: dict[str, list[torch.Tensor]] = {}
             t0 = time.perf_counter()
-            for i, batch in enumerate(loader):
-                if i >= c.log.val_batches:
-                    break
+            for batch in loader:
                 for k, v in self.task.val_step(model, batch, self._context(training=False)).items():
                     values.setdefault(k, []).append(v.detach().float().reshape(-1).cpu())
             del loader
@@ -473,7 +474,8 @@ class Trainer:
         gathered = D.all_gather_object(local)
         summary: dict[str, float] = {}
         if self.ctx.is_main:
-            merged = {k: torch.cat([g[k] for g in gathered if k in g]) for k in local}
+            names = sorted({k for g in gathered for k in g})  # a rank with no validation batch sends {}
+            merged = {k: torch.cat([g[k] for g in gathered if k in g]) for k in names}
             summary = self.task.summarise_val(merged)
             summary["time_s"] = time.perf_counter() - t0
             self.metrics.scalars(self.step, summary, kind="val")
