@@ -86,6 +86,9 @@ def test_hook_protocol_and_errors():
     wrong = VPOGOutput(**{**out.__dict__, "buddies": (out.buddies + 1) % 196})
     with pytest.raises(ValueError, match="ground-truth buddies"):
         vpog_loss(wrong, labels)
+    vpog_loss(wrong, labels, check_buddies=False)  # the caller vouches for the values (no host sync)
+    with pytest.raises(ValueError, match="ground-truth buddies"):  # a shape mismatch is still caught
+        vpog_loss(VPOGOutput(**{**out.__dict__, "buddies": out.buddies[:, :1]}), labels, check_buddies=False)
     with pytest.raises(ValueError, match="q_pose"):
         vpog_loss(out, labels, pose_loss=RecordingPoseLoss(), pose_targets=pose._replace(q_pose=pose.q_pose[:, :3]))
 

@@ -252,7 +252,8 @@ class VPOGTask(TrainTask):
 
             pose_targets = PoseTargets(t_depth=batch.depths[:, 1:], t_K=batch.K[:, 1:], t_pose=batch.T_m2c[:, 1:],
                                        q_K=batch.K[:, 0], q_pose=batch.T_m2c[:, 0], t_mask=batch.masks[:, 1:])
-        parts = vpog_loss(out, labels, self.weights, pose_loss, pose_targets)
+        # buddies=labels.patch_cls above: the loss need not re-check them (a host sync per micro-batch)
+        parts = vpog_loss(out, labels, self.weights, pose_loss, pose_targets, check_buddies=False)
         return out, labels, parts, (valid[0].float().mean() if valid else None)
 
     def train_step(self, model: nn.Module, batch, ctx: StepContext) -> StepOutput:
