@@ -64,6 +64,36 @@ def test_process_default_reference(toy_op, monkeypatch):
         set_default_backend("fastest")
 
 
+def test_process_default_missing_from_an_op_keeps_its_auto_choice(toy_op, monkeypatch):
+    """ops.backend=cuda (or cpu, triton) must not break the ops that have no such backend."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    spec = register_op("toy_ref_only_op", backends=("reference", "triton"), auto={"cpu": ()})
+    set_default_backend("cuda")
+    try:
+        assert select_backend("toy_ref_only_op", "auto", torch.device("cpu")) == "reference"
+        with pytest.raises(RuntimeError, match="no backend 'cuda'"):  # forced explicitly: still an error
+            select_backend("toy_ref_only_op", "cuda", torch.device("cpu"))
+        set_default_backend("triton")  # an op that has the default's backend takes it
+        assert select_backend("toy_ref_only_op", "auto", torch.device("cpu")) == "triton"
+    finally:
+        set_default_backend("auto")
+        _backend.OPS.pop(spec.name, None)
+
+
+def test_process_default_with_the_real_ops():
+    from vpog.ops import s2rope_attention, s2rope_attention_reference
+
+    q, k, v = (torch.randn(1, 2, 5, 32) for _ in range(3))
+    pos = torch.rand(1, 5, 4)
+    for default in ("cpu", "cuda"):
+        set_default_backend(default)
+        try:
+            out = s2rope_attention(q, k, v, pos, (4, 4, 4, 4))
+        finally:
+            set_default_backend("auto")
+        torch.testing.assert_close(out, s2rope_attention_reference(q, k, v, pos, (4, 4, 4, 4)), rtol=0, atol=0)
+
+
 def test_cuda_backend_needs_cuda_tensors(toy_op):
     spec = register_op("toy_cuda_op", backends=("reference", "cuda"), auto={"cuda": ("cuda",)})
     try:

@@ -185,7 +185,8 @@ _process_default = "auto"
 
 
 def set_default_backend(backend: str) -> None:
-    """Make `backend` what "auto" means for every op in this process ("auto" restores the choice).
+    """Make `backend` what "auto" means for every op that has it in this process ("auto" restores
+    the choice; ops without that backend keep their own "auto" choice).
 
     The trainer's `ops.backend=reference` uses this to switch every fast op off for comparison.
     """
@@ -203,10 +204,12 @@ def select_backend(op: str, backend: str, device: torch.device) -> str:
     """Resolve `backend` ("auto" or a name) for op `op` on `device`.
 
     Raises ValueError for an unknown name and RuntimeError for a forced backend that cannot run.
-    An "auto" request follows `set_default_backend` when a process-wide default is set.
+    An "auto" request follows `set_default_backend` when a process-wide default is set and the op
+    has that backend (e.g. `ops.backend=cuda` forces the CUDA extension for the PnP ops and leaves
+    the Triton ops on their own "auto" choice).
     """
     spec = OPS[op]
-    if backend == "auto" and _process_default != "auto":
+    if backend == "auto" and _process_default != "auto" and _process_default in spec.backends:
         backend = _process_default
     if backend == "auto":
         choice = spec.auto_choice(device)

@@ -382,7 +382,8 @@ def s2rope_attention(q, k, v, pos, n=DEFAULT_N, base_xy=100.0, f0_s=4.0, base_s=
     _check_inputs(q, k, v, pos, n)
     n = tuple(int(x) for x in n)
     choice = select_backend("s2rope_attention", backend, q.device)
-    requested = get_default_backend() if backend == "auto" else backend
+    default = get_default_backend()
+    requested = backend if backend != "auto" else default if default in _SPEC.backends else "auto"
     if q.numel() == 0 or choice == "reference":
         path = "reference"
     elif requested == "auto":
