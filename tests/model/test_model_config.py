@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from model_helpers import tiny_config
 
 from vpog.model import EncoderConfig, GroupAttentionConfig, HeadConfig, VPOGConfig, vpog_config_from_dict
 

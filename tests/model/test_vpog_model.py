@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_batch, model_inputs, reprojection_pose_loss, tiny_config
+from model_helpers import make_batch, model_inputs, reprojection_pose_loss, tiny_config
 
 from vpog.geometry import quaternion_to_matrix
 from vpog.losses import LossWeights, vpog_loss
