@@ -142,7 +142,7 @@ class DataConfig:
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"unknown data config keys {unknown}; known: {sorted(known)}")
-        cfg["augment"] = AugmentConfig(**cfg.get("augment", {}))
+        cfg["augment"] = AugmentConfig(**(cfg.get("augment") or {}))
         set_keys = {f.name for f in fields(TrainSetConfig)}
         for i, d in enumerate(cfg.get("train_datasets", [])):
             unknown = sorted(set(d) - set_keys)
