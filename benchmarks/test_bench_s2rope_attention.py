@@ -13,7 +13,7 @@ Providers:
     triton_rope_sdpa:flash    Triton rotation pre-pass + flash SDPA
     auto                      what backend="auto" picks (AUTO_TABLE)
 Each case stores TFLOP/s (4 B H N^2 D forward, 2.5x that backward) and `vs_cudnn_no_rope`
-(time of the limit / time of this provider) in extra_info; the conftest adds the speedup over the
+(time of this provider / time of the limit) in extra_info; the conftest adds the speedup over the
 reference of the same group. The fastest fast path per shape is what AUTO_TABLE should say.
 CPU: a tiny case through the Triton interpreter (correctness of the harness only, not a timing).
 """
