@@ -111,3 +111,18 @@ def test_op_checks_and_opcheck():
                                 noise.normal_r[..., :3], 0.01, 3, 1e-3, 1e-5)
     torch.library.opcheck(torch.ops.vpog.pnp_amis.default,
                           (x3d, x2d, w2d, K, delta, pose, jtj, *noise, 0.01, 3, 1e-3, 1e-5))
+
+
+def test_many_rounds_use_the_reference_under_auto():
+    """More AMIS rounds than the extension holds on chip: auto runs the reference, a forced fast path says why."""
+    from vpog.pnp.amis import MAX_FAST_ROUNDS
+
+    R, S = MAX_FAST_ROUNDS + 1, 4
+    args = _setup(2, 16, torch.float64, R=R, S=S)
+    out = amis(*args, 0.01, backend="auto")
+    ref = amis_reference(*args, 0.01)
+    assert out.samples.shape == (R * S, 2, 7)
+    for a, b in zip(out, ref):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="at most"):
+        amis(*args, 0.01, backend="cpu")

@@ -118,6 +118,9 @@ def proposal_log_prob(prop: Proposal, samples) -> torch.Tensor:
             + acg_log_prob(samples[..., 3:], prop.r_tril))
 
 
+MAX_FAST_ROUNDS = 8  # csrc/pnp_amis.h kMaxRounds
+
+
 def amis_reference(x3d, x2d, w2d, K, delta, pose_opt, jtj, noise: AMISNoise, z_min: float,
                    acg_mle_iter: int = ACG_MLE_ITER, acg_dispersion: float = ACG_DISPERSION,
                    eps: float = AMIS_EPS) -> AMISResult:
@@ -157,8 +160,12 @@ def amis(x3d, x2d, w2d, K, delta, pose_opt, jtj, noise: AMISNoise, z_min: float,
 
     noise: `draw_amis_noise(R, S, B)` in x3d's dtype and device. Returns AMISResult (no gradients).
     """
-    choice = select_backend("pnp_amis", backend, x3d.device)
     R, S, B = noise.chi2.shape
+    if R > MAX_FAST_ROUNDS and backend in ("cpu", "cuda"):
+        raise ValueError(f"backend '{backend}' of the AMIS sampler supports at most {MAX_FAST_ROUNDS} rounds, "
+                         f"got {R}; use backend='reference' or 'auto'")
+    # The extension keeps every round's proposal on chip: more rounds than that run on the reference.
+    choice = "reference" if R > MAX_FAST_ROUNDS else select_backend("pnp_amis", backend, x3d.device)
     if B == 0:
         return AMISResult(x3d.new_zeros((R * S, 0, 7)), x3d.new_zeros((R * S, 0)), x3d.new_zeros((R * S, 0)))
     if choice == "reference":
