@@ -81,6 +81,18 @@ def extension_status() -> tuple[bool, str]:
     return True, "loaded"
 
 
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """None when Triton kernels can run on `device` (CUDA, or CPU under the interpreter), else why not."""
+    ok, info = triton_status()
+    if not ok:
+        return f"triton is not importable ({info})"
+    if device.type == "cpu" and not triton_interpreter():
+        return "Triton runs on CPU tensors only under TRITON_INTERPRET=1"
+    if device.type not in ("cpu", "cuda"):
+        return f"Triton does not run on device type '{device.type}'"
+    return None
+
+
 def extension_has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether `torch.ops.vpog.<op>` is registered with a kernel for `dispatch_key` ("CPU" or "CUDA")."""
     if not extension_status()[0]:
@@ -117,14 +129,10 @@ class OpSpec:
             return f"op '{self.name}' has no backend '{backend}' (it has {', '.join(self.backends)})"
         if backend == "reference":
             return None
-        if backend == "triton":
-            ok, info = triton_status()
-            if not ok:
-                return f"triton is not importable ({info})"
-            if device.type == "cpu" and not triton_interpreter():
-                return "Triton runs on CPU tensors only under TRITON_INTERPRET=1"
-            if device.type not in ("cpu", "cuda"):
-                return f"Triton does not run on device type '{device.type}'"
+        if backend.startswith("triton"):
+            reason = triton_unavailable_reason(device)
+            if reason is not None:
+                return reason
         elif backend in ("cuda", "cpu"):
             want = "CUDA" if backend == "cuda" else "CPU"
             if device.type != backend:

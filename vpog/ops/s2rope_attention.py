@@ -39,8 +39,6 @@ from vpog._backend import (
     get_default_backend,
     register_op,
     select_backend,
-    triton_interpreter,
-    triton_status,
     warn_once,
 )
 
@@ -49,23 +47,11 @@ log = logging.getLogger(__name__)
 DEFAULT_N = (10, 10, 6, 6)
 
 
-def _triton_rope_sdpa_unavailable(device: torch.device) -> str | None:
-    ok, info = triton_status()
-    if not ok:
-        return f"triton is not importable ({info})"
-    if device.type == "cpu" and not triton_interpreter():
-        return "Triton runs on CPU tensors only under TRITON_INTERPRET=1"
-    if device.type not in ("cpu", "cuda"):
-        return f"Triton does not run on device type '{device.type}'"
-    return None
-
-
 _SPEC = register_op(
     "s2rope_attention",
     backends=("reference", "triton", "triton_rope_sdpa"),
     auto={"cuda": ("triton_rope_sdpa", "triton"), "cpu": ()},
     notes="reference: PyTorch rotation + SDPA; triton: fused kernel; triton_rope_sdpa: Triton rotation + SDPA",
-    checks={"triton_rope_sdpa": _triton_rope_sdpa_unavailable},
 )
 
 
