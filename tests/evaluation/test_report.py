@@ -98,7 +98,8 @@ def test_write_report_files(tmp_path):
         # not blank: the figures draw something besides the white background
         assert np.asarray(im.convert("L")).std() > 5
     grid = np.asarray(Image.open(tmp_path / "overlays.png").convert("RGB")).astype(int)
-    assert (grid[10, 10] - [60, 255, 60]).__abs__().max() < 40  # an estimated-pose point is drawn green
+    head_h = 16  # the colour legend above the tiles
+    assert (grid[head_h + 10, 10] - [60, 255, 60]).__abs__().max() < 40  # an estimated-pose point is drawn green
     assert summaries["vpog"]["overall"]["n"] == 3
 
 

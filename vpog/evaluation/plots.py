@@ -174,8 +174,17 @@ def overlay_grid(tiles: Sequence[OverlayTile], cols: int = 4, point_radius: floa
     cap_h = 30
     cols = max(1, min(cols, len(tiles)))
     rows = math.ceil(len(tiles) / cols)
-    grid = Image.new("RGB", (cols * W, rows * (H + cap_h)), (255, 255, 255))
+    head_h = 16
+    grid = Image.new("RGB", (cols * W, head_h + rows * (H + cap_h)), (255, 255, 255))
     font = _font(11)
+    head = ImageDraw.Draw(grid)
+    head.text((3, 2), "model points at the", fill=(0, 0, 0), font=font)
+    x = 3 + head.textlength("model points at the ", font=font)
+    head.text((x, 2), "estimated pose", fill=(0, 150, 0), font=font)
+    x += head.textlength("estimated pose ", font=font)
+    head.text((x, 2), "and the", fill=(0, 0, 0), font=font)
+    x += head.textlength("and the ", font=font)
+    head.text((x, 2), "ground-truth pose", fill=(200, 0, 0), font=font)
     for k, tile in enumerate(tiles):
         if tile.image.shape[:2] != (H, W):
             raise ValueError(f"tiles[{k}].image must be {H}x{W} like tiles[0], got {tile.image.shape[:2]}")
@@ -186,7 +195,7 @@ def overlay_grid(tiles: Sequence[OverlayTile], cols: int = 4, point_radius: floa
             for u, v in np.asarray(uv, dtype=np.float64).reshape(-1, 2):
                 if math.isfinite(u) and math.isfinite(v) and -2 <= u <= W + 2 and -2 <= v <= H + 2:
                     d.ellipse([u - point_radius, v - point_radius, u + point_radius, v + point_radius], fill=colour)
-        ox, oy = (k % cols) * W, (k // cols) * (H + cap_h)
+        ox, oy = (k % cols) * W, head_h + (k // cols) * (H + cap_h)
         grid.paste(im, (ox, oy))
         gd = ImageDraw.Draw(grid)
         for j, line in enumerate(tile.caption.split("\n")[:2]):
