@@ -8,8 +8,8 @@
 - At the end of the session each fast path is compared with the reference path of the same
   group (same op and size, same run): the ratio is printed and stored as `extra_info["speedup_vs_reference"]`.
 
-Without CUDA, cases marked `cuda` skip and Triton runs through the interpreter (correct, not fast:
-interpreter timings are not performance numbers).
+Without CUDA (the repository's conftest.py), cases marked `cuda` skip and Triton runs through the
+interpreter (correct, not fast: interpreter timings are not performance numbers).
 """
 
 from __future__ import annotations
@@ -19,18 +19,6 @@ import subprocess
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip_cuda)
 
 
 def _git_commit() -> str:

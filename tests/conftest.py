@@ -1,30 +1,14 @@
-"""Shared pytest setup.
+"""Shared setup of the tests (the repository's conftest.py sets TRITON_INTERPRET and skips `cuda` cases).
 
-- Without CUDA, Triton kernels run through the interpreter: TRITON_INTERPRET=1 is set here, before
-  any test imports triton.
-- `@pytest.mark.cuda` tests skip cleanly without a GPU.
 - Every test starts from fixed RNG seeds so a failure reproduces.
 """
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip_cuda)
 
 
 @pytest.fixture(autouse=True)
