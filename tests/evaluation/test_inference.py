@@ -138,6 +138,31 @@ def test_estimate_poses_runs_on_cpu(tiny_model):
     assert int(torch.isfinite(coarse.scores).sum()) <= 3
 
 
+def test_all_patches_unseen_falls_back_to_the_template_pose(tiny_model):
+    # A barely trained network can rank "unseen" first on every query patch: no correspondence is
+    # left, PnP is not valid, and the estimate is the nearest-template pose, flagged invalid.
+    tpl = _templates(4)
+    T_q = look_at_pose(viewing_direction(tpl.poses[1:2]), 0.6)
+    K_q = intrinsics(800.0)[None]
+    _, m_q = render_ellipsoid(K_q[0], T_q[0])
+    img = torch.rand(1, 3, 224, 224) * m_q
+    cfg = InferenceConfig(group_size=2, candidate_batch=4, max_points=64, init_proposals=8, pnp_iter=2)
+
+    def unseen_first(module, args, logits):
+        return torch.cat([logits[..., :-1], logits[..., :-1].amax(-1, keepdim=True) + 1.0], dim=-1)
+
+    handle = tiny_model.cls_head.register_forward_hook(unseen_first)
+    try:
+        est = estimate_poses(tiny_model, img, m_q[None], K_q, tpl, cfg)
+    finally:
+        handle.remove()
+    assert est.num_points.tolist() == [0] and not bool(est.valid.any())
+    assert est.hypothesis.tolist() == [-1] and torch.isinf(est.cost).all()
+    torch.testing.assert_close(est.pose, est.template_pose)
+    normal = estimate_poses(tiny_model, img, m_q[None], K_q, tpl, cfg)
+    assert normal.num_points.item() > 0 and bool(normal.valid.all())
+
+
 def test_config_and_input_checks(tiny_model):
     with pytest.raises(ValueError, match="group_score"):
         InferenceConfig(group_score="max")

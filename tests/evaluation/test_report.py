@@ -13,6 +13,7 @@ from PIL import Image
 from vpog.evaluation.metrics import symmetry_transforms
 from vpog.evaluation.plots import OverlayTile, _nice_ticks
 from vpog.evaluation.report import markdown_table, write_report
+from vpog.evaluation.runner import PoseValidator, per_estimate_values
 from vpog.evaluation.scoring import ErrorTable, pose_errors, recall_curve, summarize, summarize_table
 
 F64 = torch.float64
@@ -26,14 +27,15 @@ def _poses(n, shift_mm):
     return T_est, T
 
 
-def _table(shifts_mm, obj_id=1, diameter=0.1):
+def _table(shifts_mm, obj_id=1, diameter=0.1, valid=None):
     pts = torch.tensor([[0.05, 0, 0], [-0.05, 0, 0], [0, 0.05, 0], [0, 0, 0.05]], dtype=F64)
     T_est, T_gt = _poses(len(shifts_mm), shifts_mm)
     K = torch.tensor([[500.0, 0, 112], [0, 500.0, 112], [0, 0, 1]], dtype=F64).expand(len(shifts_mm), 3, 3)
     d = torch.tensor([[0.0, 0, 1]], dtype=F64).expand(len(shifts_mm), 3)
     d_pred = torch.tensor([[0.0, math.sin(math.radians(10)), math.cos(math.radians(10))]], dtype=F64)
     rows = pose_errors(T_est, T_gt, pts, symmetry_transforms({}), diameter, K, 640.0,
-                       d_pred=d_pred.expand(len(shifts_mm), 3), d_query=d, obj_id=obj_id)
+                       d_pred=d_pred.expand(len(shifts_mm), 3), d_query=d, obj_id=obj_id,
+                       valid=None if valid is None else torch.tensor(valid))
     return ErrorTable(rows)
 
 
@@ -101,6 +103,31 @@ def test_write_report_files(tmp_path):
     head_h = 16  # the colour legend above the tiles
     assert (grid[head_h + 10, 10] - [60, 255, 60]).__abs__().max() < 40  # an estimated-pose point is drawn green
     assert summaries["vpog"]["overall"]["n"] == 3
+
+
+def test_pnp_fallbacks_are_counted_and_reported(tmp_path):
+    # vpog: PnP invalid on 2 of 3 estimates (their pose is the template pose); the baseline has no solver.
+    tables = {"vpog": _table([3.0, 7.0, 12.0], valid=[True, False, False]),
+              "nearest template": _table([20.0, 40.0, 90.0])}
+    s = summarize_table(tables["vpog"])
+    assert s["pnp_fallbacks"] == 2 and s["pnp_valid_rate"] == pytest.approx(1 / 3)
+    base = summarize_table(tables["nearest template"])
+    assert math.isnan(base["pnp_fallbacks"]) and math.isnan(base["pnp_valid_rate"])
+    write_report(tmp_path, tables, plots=False)
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["methods"]["vpog"]["overall"]["pnp_fallbacks"] == 2
+    assert doc["methods"]["nearest template"]["overall"]["pnp_fallbacks"] is None
+    md = (tmp_path / "report.md").read_text().splitlines()
+    head = next(line for line in md if line.startswith("| method |"))
+    assert head.rstrip(" |").endswith("PnP fallbacks")
+    assert next(line for line in md if line.startswith("| vpog |")).endswith("| 2 |")
+    assert next(line for line in md if line.startswith("| nearest template |")).endswith("| - |")
+    assert any("no valid pose for 2 of 3 estimates" in line for line in md)
+    # the trainer's validation summary carries the rate for methods with a solver only
+    values = {f"pose/{m}/{k}": v for m, t in tables.items() for k, v in per_estimate_values(t.to_dict()).items()}
+    summary = PoseValidator.summarise(values)
+    assert summary["pose/vpog/pnp_fallback_rate"] == pytest.approx(2 / 3)
+    assert "pose/nearest template/pnp_fallback_rate" not in summary
 
 
 def test_write_report_needs_a_method(tmp_path):

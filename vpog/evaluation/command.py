@@ -233,8 +233,9 @@ def run_evaluation(cfg, argv: list[str] | None = None) -> dict:
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for m, s in summaries.items():
         o = s["overall"]
-        log.info("%-16s AR %.3f (MSSD %.3f, MSPD %.3f)  ADD(-S) %.3f  rot med %.1f deg  retrieval acc15 %.3f",
+        log.info("%-16s AR %.3f (MSSD %.3f, MSPD %.3f)  ADD(-S) %.3f  rot med %.1f deg  retrieval acc15 %.3f%s",
                  m, o["ar"], o["ar_mssd"], o["ar_mspd"], o["add_s_recall"], o["rot_err_deg_median"],
-                 o["retrieval_acc15"])
+                 o["retrieval_acc15"], "" if o["pnp_fallbacks"] != o["pnp_fallbacks"] else
+                 f"  PnP fallbacks {o['pnp_fallbacks']:.0f}/{o['n']:.0f}")
     log.info("report: %s", out / "report.md")
     return summaries

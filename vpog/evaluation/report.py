@@ -39,6 +39,7 @@ TABLE_COLUMNS = (
     ("trans_err_mm_median", "trans err med (mm)", "{:.1f}"),
     ("retrieval_err_deg_median", "retrieval err med (deg)", "{:.1f}"),
     ("retrieval_acc15", "retrieval acc 15deg", "{:.3f}"),
+    ("pnp_fallbacks", "PnP fallbacks", "{:.0f}"),
 )
 
 
@@ -70,9 +71,17 @@ def markdown_report(summaries: Mapping[str, Mapping], meta: Mapping | None = Non
     out += [
         "AR = mean of the BOP average recalls of MSSD (0.05..0.5 x diameter) and MSPD (5..50 px x width/640);",
         "ADD(-S): ADD, or ADD-S for symmetric objects, below 0.1 x diameter; retrieval: angle between the",
-        "retrieved template's and the query's viewing directions.",
+        "retrieved template's and the query's viewing directions. PnP fallbacks: estimates where PnP gave no",
+        "valid pose (e.g. fewer than 4 correspondences), so the method returned the nearest-template pose.",
         "",
     ]
+    for method, s in summaries.items():
+        o = s["overall"]
+        k = o.get("pnp_fallbacks", float("nan"))
+        if k == k and k > 0:
+            out.append(f"**{method}: PnP gave no valid pose for {k:.0f} of {o['n']:.0f} estimates**; there its "
+                       "pose is the nearest-template pose (same errors as that baseline).")
+            out.append("")
     for method, s in summaries.items():
         out += [f"## Per object: {method}", "", markdown_table(s["per_object"], first_header="object"), ""]
     return "\n".join(out)

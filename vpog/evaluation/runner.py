@@ -183,7 +183,8 @@ def evaluate_model(models: Mapping[str, torch.nn.Module], loader: Iterable, libr
 def per_estimate_values(rows: Mapping[str, list]) -> dict[str, torch.Tensor]:
     """Per-estimate numbers whose means / medians over any set of estimates give the summary:
     errors (median), ADD(-S) pass, per-estimate MSSD / MSPD recall over the BOP thresholds (mean = AR),
-    retrieval pass. -> {name: [N] float64}."""
+    retrieval pass, PnP fallback (1 where PnP gave no valid pose; NaN for a method without a solver).
+    -> {name: [N] float64}."""
     t = ErrorTable(rows)
     diam = t.tensor("diameter_m")
     sym = torch.tensor(t.columns["symmetric"], dtype=torch.bool)
@@ -197,6 +198,8 @@ def per_estimate_values(rows: Mapping[str, list]) -> dict[str, torch.Tensor]:
         "mspd_recall": (t.tensor("mspd_px")[:, None] < mspd_thresholds(t.tensor("mspd_width_px"))).double().mean(1),
         "retrieval_err_deg": retr,
         "retrieval_pass": (retr < RETRIEVAL_THRESHOLD_DEG).double(),
+        "pnp_fallback": torch.tensor([float("nan") if v is None else float(not v) for v in t.columns["valid"]],
+                                     dtype=torch.float64),
     }
 
 
@@ -208,7 +211,9 @@ class PoseValidator:
 
     `batch_values(model, batch)` returns per-sample 1-D tensors named `pose/<method>/<value>` (ranks
     concatenate them); `summarise(values)` reduces them to `pose/<method>/{ar, ar_mssd, ar_mspd,
-    add_s_recall, rot_err_deg_median, trans_err_mm_median, retrieval_err_deg_median, retrieval_acc15}`.
+    add_s_recall, rot_err_deg_median, trans_err_mm_median, retrieval_err_deg_median, retrieval_acc15}`,
+    plus `pnp_fallback_rate` for methods with a solver (share of estimates that fell back to the
+    nearest-template pose).
     `libraries` holds one `ObjectLibrary` per training source (`VPOGBatch.dataset_id` picks it).
     The default inference config searches coarse-to-fine (`VALIDATION_INFERENCE`), about 3x cheaper
     than scoring every template; pass an `InferenceConfig` to change it.
@@ -256,6 +261,9 @@ class PoseValidator:
                     (~torch.isnan(r)).any()) else float("nan"),
                 f"pose/{m}/retrieval_acc15": float(v["retrieval_pass"].mean()),
             })
+            fb = v.get("pnp_fallback")
+            if fb is not None and bool((~torch.isnan(fb)).any()):
+                out[f"pose/{m}/pnp_fallback_rate"] = float(fb[~torch.isnan(fb)].mean())
         return out
 
 

@@ -13,7 +13,9 @@ Summary keys (every one a float; NaN when undefined):
     add_s_recall            ADD (ADD-S for symmetric objects) < 0.1 x diameter
     ar_mssd, ar_mspd, ar    BOP average recalls (MSSD, MSPD, their mean)
     retrieval_err_deg_median, retrieval_acc15   template retrieval (SPEC §8)
-    pnp_valid_rate          share of estimates the solver marked valid
+    pnp_valid_rate          share of estimates the solver marked valid (NaN for a method without a solver)
+    pnp_fallbacks           number of estimates where PnP gave no valid pose, so the method returned the
+                            nearest-template pose instead (NaN for a method without a solver)
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ COLUMNS = (
 )
 SUMMARY_KEYS = (
     "n", "rot_err_deg_median", "rot_err_sym_deg_median", "trans_err_mm_median", "add_s_recall",
-    "ar_mssd", "ar_mspd", "ar", "retrieval_err_deg_median", "retrieval_acc15", "pnp_valid_rate",
+    "ar_mssd", "ar_mspd", "ar", "retrieval_err_deg_median", "retrieval_acc15", "pnp_valid_rate", "pnp_fallbacks",
 )
 
 
@@ -69,7 +71,8 @@ def pose_errors(
     (`symmetry_transforms`). diameter: metres. K: [N, 3, 3] camera of the image where MSPD is
     measured, and mspd_width ([N] or a number) that image's width in pixels (MSPD thresholds scale
     with width / 640). d_pred, d_query: [N, 3] viewing directions of the retrieved template and of
-    the query (NaN retrieval error when absent). valid: [N] bool solver flags (True when absent).
+    the query (NaN retrieval error when absent). valid: [N] bool solver flags; None for a method
+    without a solver (the column then holds None).
     """
     N = len(T_est)
     symmetric = len(syms) > 1
@@ -88,7 +91,7 @@ def pose_errors(
         "mspd_width_px": torch.as_tensor(mspd_width, dtype=torch.float64).expand(N).tolist(),
         "retrieval_err_deg": (view_angle_deg(d_pred, d_query).tolist() if d_pred is not None and d_query is not None
                               else [float("nan")] * N),
-        "valid": [True] * N if valid is None else [bool(v) for v in valid.tolist()],
+        "valid": [None] * N if valid is None else [bool(v) for v in valid.tolist()],
     }
     return rows
 
@@ -140,6 +143,7 @@ def summarize_table(table: ErrorTable) -> dict[str, float]:
     ar_mspd = average_recall(table.tensor("mspd_px"), mspd_thresholds(table.tensor("mspd_width_px")))
     retr = table.tensor("retrieval_err_deg")
     has_retr = ~torch.isnan(retr)
+    flags = [bool(v) for v in table.columns["valid"] if v is not None]
     return {
         "n": float(n),
         "rot_err_deg_median": _median(table.tensor("rot_err_deg")),
@@ -151,7 +155,8 @@ def summarize_table(table: ErrorTable) -> dict[str, float]:
         "ar": (ar_mssd + ar_mspd) / 2,
         "retrieval_err_deg_median": _median(retr),
         "retrieval_acc15": recall(retr[has_retr], RETRIEVAL_THRESHOLD_DEG) if bool(has_retr.any()) else float("nan"),
-        "pnp_valid_rate": float(torch.tensor(table.columns["valid"], dtype=torch.float64).mean()),
+        "pnp_valid_rate": sum(flags) / len(flags) if flags else float("nan"),
+        "pnp_fallbacks": float(len(flags) - sum(flags)) if flags else float("nan"),
     }
 
 
