@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("hydra", reason="the training CLI composes its config with hydra-core")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trainer_toy import read_trace  # noqa: E402
 

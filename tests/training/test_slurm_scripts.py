@@ -96,6 +96,7 @@ def _launch(tmp_path: Path, script: str, nodes: int, gpus: int) -> subprocess.Po
 @pytest.fixture(scope="module")
 def launches(tmp_path_factory):
     """Both scripts at once (they are independent), each in its own folder."""
+    pytest.importorskip("hydra", reason="the training CLI composes its config with hydra-core")
     if shutil.which("torchrun") is None:
         pytest.skip("torchrun is not on PATH")
     dirs = {name: tmp_path_factory.mktemp(name) for name in CASES}
