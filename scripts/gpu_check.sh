@@ -34,7 +34,7 @@ python -m vpog.info | tee "$OUT/info.txt"
 python -m vpog.info --json > "$OUT/info.json"
 
 echo "== tests"
-python -m pytest tests -q -x --junitxml="$OUT/tests.xml" -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -30
+python -m pytest tests -q -rfE --junitxml="$OUT/tests.xml" -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -30
 tests_rc=${PIPESTATUS[0]}
 
 echo "== benchmarks"
