@@ -1,7 +1,8 @@
 """Build `vpog._C`, the C++/CUDA extension, with torch.utils.cpp_extension.
 
 - The C++ CPU sources (`csrc/*.cpp`) are always compiled.
-- The CUDA sources (`csrc/*.cu`) are compiled when torch has CUDA and nvcc is found.
+- The CUDA sources (`csrc/*.cu`) are compiled when torch has CUDA and nvcc is found (IEEE
+  division and sqrt, no fast math: the kernels must match the reference paths to rounding).
   `VPOG_BUILD_CUDA=1` forces the CUDA part (and fails loudly if it cannot be built),
   `VPOG_BUILD_CUDA=0` skips it. `TORCH_CUDA_ARCH_LIST` is honoured (default: "9.0+PTX").
 - `VPOG_BUILD_EXT=0` skips the extension entirely (pure Python install; ops use the reference paths).
@@ -64,7 +65,7 @@ def _extensions():
             cpp_sources + cu_sources,
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-lineinfo", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", "-std=c++17"]},
             extra_link_args=["-fopenmp"],
         )
     else:
