@@ -169,6 +169,11 @@ def test_degenerate_problems_defined_and_flagged(backend, random_init):
                       generator=torch.Generator().manual_seed(9))
     if not random_init:
         assert torch.allclose(alone.pose, out.pose[:1], rtol=0, atol=1e-12)
+    else:  # different random draws: both must still converge to the same solution
+        assert bool(alone.valid[0])
+        qa, qb = alone.pose[0, 3:], out.pose[0, 3:]
+        same_q = torch.minimum((qa - qb).abs().max(), (qa + qb).abs().max())  # q and -q are one rotation
+        assert (alone.pose[0, :3] - out.pose[0, :3]).abs().max() < 1e-6 and same_q < 1e-6
 
 
 @needs_cpu_ext
