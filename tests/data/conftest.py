@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from synthetic_sets import tiny_set_settings
 
 
 def _egl_skip_reason() -> str | None:
@@ -12,18 +13,6 @@ def _egl_skip_reason() -> str | None:
         return f"rendering stack unavailable: {exc}"
     ok, reason = egl_available()
     return None if ok else reason
-
-
-def _tiny_settings(out, **over) -> dict:
-    p = {
-        "out": str(out), "name": "synthetic", "meshes": "procedural", "num_objects": 2, "num_images": 9,
-        "images_per_shard": 3, "image_size": [128, 96], "template_level": 0, "template_size": [160, 120],
-        "template_lighting": "ambient", "template_distance_factor": None, "normalize": True, "max_extent": 0.2,
-        "mesh_units": "auto", "objects_per_image": [2, 2], "distractors_per_image": [1, 2], "occluder_prob": 0.8,
-        "apparent_size": [0.35, 0.6], "texture_prob": 0.6, "seed": 3, "num_workers": 0, "progress": False,
-    }
-    p.update(over)
-    return p
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +27,7 @@ def require_egl():
 def tiny_settings():
     """settings(out, **overrides) -> synthesize.yaml keys of the test set: 2 procedural objects, 9 scenes of
     128x96 in 3 shards, level-0 templates (42 views) at 160x120."""
-    return _tiny_settings
+    return tiny_set_settings
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +36,7 @@ def tiny_set(tmp_path_factory, require_egl):
     from vpog.data.synthesize import synthesize
 
     out = tmp_path_factory.mktemp("tiny_set")
-    synthesize(_tiny_settings(out))
+    synthesize(tiny_set_settings(out))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from synthetic_sets import tiny_set_settings
 
 pytestmark = pytest.mark.render
 
@@ -25,13 +26,9 @@ def rendered_set(tmp_path_factory):
     from vpog.data.synthesize import synthesize
 
     out = tmp_path_factory.mktemp("synthetic")
-    synthesize({
-        "out": str(out), "name": "synthetic", "meshes": "procedural", "num_objects": 3, "num_images": 4,
-        "images_per_shard": 4, "image_size": [160, 120], "template_level": 0, "template_size": [160, 120],
-        "template_lighting": "ambient", "template_distance_factor": None, "normalize": True, "max_extent": 0.2,
-        "mesh_units": "auto", "objects_per_image": [2, 3], "distractors_per_image": [1, 1], "occluder_prob": 0.5,
-        "apparent_size": [0.4, 0.6], "texture_prob": 0.6, "seed": 1, "num_workers": 0, "progress": False,
-    })
+    synthesize(tiny_set_settings(out, num_objects=3, num_images=4, images_per_shard=4, image_size=[160, 120],
+                                 objects_per_image=[2, 3], distractors_per_image=[1, 1], occluder_prob=0.5,
+                                 apparent_size=[0.4, 0.6], seed=1))
     return out
 
 

@@ -25,6 +25,7 @@ from patch_flow_scenes import (
     rot_z,
     to,
 )
+from synthetic_sets import tiny_set_settings
 
 from vpog._backend import triton_interpreter, triton_status
 from vpog.ops import FlowLabels, patch_flow_labels, patch_flow_labels_reference
@@ -474,13 +475,8 @@ def synthetic_batch(tmp_path_factory):
     from vpog.data.synthesize import synthesize
 
     out = tmp_path_factory.mktemp("synthetic_labels")
-    synthesize({
-        "out": str(out), "name": "synthetic", "meshes": "procedural", "num_objects": 1, "num_images": 3,
-        "images_per_shard": 3, "image_size": [160, 120], "template_level": 0, "template_size": [160, 120],
-        "template_lighting": "ambient", "template_distance_factor": None, "normalize": True, "max_extent": 0.2,
-        "mesh_units": "auto", "objects_per_image": [1, 1], "distractors_per_image": [1, 1], "occluder_prob": 0.8,
-        "apparent_size": [0.4, 0.6], "texture_prob": 0.6, "seed": 3, "num_workers": 0, "progress": False,
-    })
+    synthesize(tiny_set_settings(out, num_objects=1, num_images=3, images_per_shard=3, image_size=[160, 120],
+                                 objects_per_image=[1, 1], distractors_per_image=[1, 1], apparent_size=[0.4, 0.6]))
     cfg = DataConfig.from_cfg({
         "batch_size": 2, "num_positive_templates": 3, "num_negative_templates": 1,
         "train_datasets": [{"name": "synthetic", "root": str(out), "templates": str(out / "templates")}],

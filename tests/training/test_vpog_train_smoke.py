@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from synthetic_sets import tiny_set_settings
 
 pytest.importorskip("hydra")
 
@@ -35,13 +36,8 @@ def tiny_set(tmp_path_factory):
     """3 procedural objects, 6 scenes, level-0 templates; rendered in a subprocess (EGL's Mesa and Triton's
     LLVM in one process can crash at Triton's import)."""
     out = tmp_path_factory.mktemp("vpog_set")
-    settings = {
-        "out": str(out), "name": "synthetic", "meshes": "procedural", "num_objects": 3, "num_images": 6,
-        "images_per_shard": 3, "image_size": [128, 96], "template_level": 0, "template_size": [160, 120],
-        "template_lighting": "ambient", "template_distance_factor": None, "normalize": True, "max_extent": 0.2,
-        "mesh_units": "auto", "objects_per_image": [3, 3], "distractors_per_image": [0, 1], "occluder_prob": 0.3,
-        "apparent_size": [0.4, 0.6], "texture_prob": 0.6, "seed": 5, "num_workers": 0, "progress": False,
-    }
+    settings = tiny_set_settings(out, num_objects=3, num_images=6, objects_per_image=[3, 3],
+                                 distractors_per_image=[0, 1], occluder_prob=0.3, apparent_size=[0.4, 0.6], seed=5)
     res = subprocess.run([sys.executable, "-c", SYNTHESIZE, json.dumps(settings)], capture_output=True, text=True,
                          timeout=300)
     if res.returncode == 3 or "No module named" in res.stderr:
