@@ -13,7 +13,7 @@ from PIL import Image
 from vpog.evaluation.metrics import symmetry_transforms
 from vpog.evaluation.plots import OverlayTile, _nice_ticks
 from vpog.evaluation.report import markdown_table, write_report
-from vpog.evaluation.runner import PoseValidator, per_estimate_values
+from vpog.evaluation.runner import PoseValidator, order_by_object, per_estimate_values
 from vpog.evaluation.scoring import ErrorTable, pose_errors, recall_curve, summarize, summarize_table
 
 F64 = torch.float64
@@ -133,3 +133,18 @@ def test_pnp_fallbacks_are_counted_and_reported(tmp_path):
 def test_write_report_needs_a_method(tmp_path):
     with pytest.raises(ValueError, match="tables"):
         write_report(tmp_path, {})
+
+
+def test_order_by_object_groups_or_interleaves():
+    objects = np.array([7, 3, 7, 3, 5, 7, 3, 7, 5, 7])  # object id of each instance
+    positions = np.array([9, 0, 2, 5, 1, 3, 7, 4, 8, 6])  # a selection of them, in any order
+    grouped = order_by_object(objects, positions)
+    assert objects[grouped].tolist() == [3, 3, 3, 5, 5, 7, 7, 7, 7, 7]
+    assert grouped.tolist() == [1, 3, 6, 4, 8, 0, 2, 5, 7, 9]
+    runs = order_by_object(objects, positions, block=2)
+    # first two of each object, then the next two, ...: a prefix of 6 covers every object
+    assert runs.tolist() == [1, 3, 4, 8, 0, 2, 6, 5, 7, 9]
+    assert set(objects[runs[:6]].tolist()) == {3, 5, 7}
+    assert sorted(runs.tolist()) == sorted(positions.tolist())
+    with pytest.raises(ValueError, match="block"):
+        order_by_object(objects, positions, block=0)

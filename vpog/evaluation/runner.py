@@ -267,11 +267,26 @@ class PoseValidator:
         return out
 
 
-def order_by_object(objects: np.ndarray, positions: np.ndarray) -> np.ndarray:
+def order_by_object(objects: np.ndarray, positions: np.ndarray, block: int | None = None) -> np.ndarray:
     """Positions (into `objects`, the object id of every instance) sorted by (object, position), so
-    consecutive batches share an object's templates."""
+    consecutive batches share an object's templates.
+
+    block: interleave the objects in runs of `block` instances (object a's first `block`, then object
+    b's first `block`, ..., then a's next `block`, ...), so that any prefix of the order, such as the
+    first few validation batches, covers every object. None: each object's instances all together.
+    """
     positions = np.asarray(positions, dtype=np.int64)
-    return positions[np.lexsort((positions, np.asarray(objects)[positions]))]
+    objs = np.asarray(objects)[positions]
+    order = np.lexsort((positions, objs))
+    if block is None or len(order) == 0:
+        return positions[order]
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    sorted_objs = objs[order]
+    starts = np.r_[0, np.flatnonzero(sorted_objs[1:] != sorted_objs[:-1]) + 1]
+    rank_in_object = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    run = rank_in_object // block
+    return positions[order[np.lexsort((rank_in_object, sorted_objs, run))]]
 
 
 def select_queries(batch, keep: torch.Tensor):

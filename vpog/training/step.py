@@ -181,7 +181,8 @@ class VPOGTask(TrainTask):
         return int(mixer.counts.sum()), lambda epoch: mixer.epoch_list(epoch)[0]
 
     def val_dataset(self):
-        """Held-out objects of set 0, no jitter or augmentation, ordered by object (at most 64 queries each)."""
+        """Held-out objects of set 0, no jitter or augmentation, at most 64 queries each, the objects
+        interleaved batch by batch (so the first `log.val_batches` batches cover every object)."""
         if self._val_dataset is None:
             from vpog.data.dataset import VPOGDataset
             from vpog.evaluation.runner import order_by_object
@@ -193,7 +194,8 @@ class VPOGTask(TrainTask):
             # Restricted to the held-out objects, so a broken query is replaced by another held-out one.
             val_base = VPOGDataset(self.data_cfg, train=False, seed=self.seed).restrict_objects(0, object_ids=held)
             objs, offset = dataset_objects(val_base, 0)
-            positions = order_by_object(objs, select_instances(objs, held, max_per_object=64, seed=self.seed))
+            positions = order_by_object(objs, select_instances(objs, held, max_per_object=64, seed=self.seed),
+                                        block=int(self.data_cfg.batch_size))
             if len(positions) == 0:
                 return None
             self._val_dataset = ObjectSubset(val_base, positions + offset)
