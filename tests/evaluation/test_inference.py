@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from eval_scenes import DIAMETER, intrinsics, micro_model, query_and_templates, render_ellipsoid
@@ -154,8 +156,11 @@ def test_all_patches_unseen_falls_back_to_the_template_pose(tiny_model):
     handle = tiny_model.cls_head.register_forward_hook(unseen_first)
     try:
         est = estimate_poses(tiny_model, img, m_q[None], K_q, tpl, cfg)
+        # drop_unseen=False keeps each pair's best template patch: PnP runs on them
+        kept = estimate_poses(tiny_model, img, m_q[None], K_q, tpl, replace(cfg, drop_unseen=False))
     finally:
         handle.remove()
+    assert kept.num_points.item() > 0 and bool(kept.valid.all())
     assert est.num_points.tolist() == [0] and not bool(est.valid.any())
     assert est.hypothesis.tolist() == [-1] and torch.isinf(est.cost).all()
     torch.testing.assert_close(est.pose, est.template_pose)

@@ -72,6 +72,9 @@ class InferenceConfig:
     """Multiply w2d by the buddy's classification probability."""
     min_probability: float = 0.0
     """Drop (template, query patch) pairs whose buddy probability is lower."""
+    drop_unseen: bool = True
+    """Drop (template, query patch) pairs whose most likely class is "unseen"; False keeps their best
+    template patch (weighted by its probability when weight_by_probability)."""
     pnp_iter: int = 10
     """LM iterations of every hypothesis."""
     init_proposals: int = 64
@@ -436,7 +439,8 @@ def estimate_poses(model, images: torch.Tensor, masks: torch.Tensor | None, K: t
         corr = correspondences_from_output(
             out, templates.depths[group], templates.masks[group], templates.K[group], poses[group],
             max_points=cfg.max_points, pixels_per_patch=cfg.pixels_per_patch,
-            weight_by_probability=cfg.weight_by_probability, min_probability=cfg.min_probability, generator=gen)
+            weight_by_probability=cfg.weight_by_probability, min_probability=cfg.min_probability,
+            drop_unseen=cfg.drop_unseen, generator=gen)
         q_masks = masks if masks is not None else torch.ones(B, CROP_SIZE, CROP_SIZE, dtype=torch.bool, device=dev)
         base = template_pose(poses[centre], templates.K[centre], templates.masks[centre], K, q_masks)
         pose, cost, ok, hyp = solve_hypotheses(corr, K, base, S, cfg)
