@@ -159,6 +159,28 @@ def test_float32_and_bfloat16_inputs():
     assert all(torch.isfinite(g).all() for g in grads if g is not None)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float32_inputs_with_concentrated_weights(backend):
+    # Weights summing to ~1e4 per problem (VPOG's scale / b over 256 points) make the pose distribution
+    # so narrow that float32 proposals lose every digit (the estimate ran to -1e6 and below). Computed
+    # in float64, float32 inputs give the float64 result, and overconfidence costs: with the same 0.5 px
+    # noise, 10x larger weights than the noise supports raise the loss instead of lowering it.
+    p = random_pnp_problems(4, 256, noise=0.5, generator=torch.Generator().manual_seed(3))
+    cfg = PoseLossConfig(derivative_reg=False, backend=backend)
+    kls = {}
+    for alpha in (10.0, 100.0):
+        args = (p.x3d, p.x2d, p.w2d * alpha, p.K, p.pose)
+        ref = MonteCarloPoseLoss(cfg).eval()(*args, generator=torch.Generator().manual_seed(1)).kl
+        out = MonteCarloPoseLoss(cfg).eval()(*(t.float() for t in args), generator=torch.Generator().manual_seed(1))
+        assert out.kl.dtype == torch.float32 and bool(out.valid.all())
+        torch.testing.assert_close(out.kl.double(), ref, rtol=0.05, atol=2.0)
+        kls[alpha] = ref
+    assert bool((kls[100.0] > kls[10.0] + 100).all()), kls
+    assert bool((kls[10.0] > -100).all()), kls[10.0]
+    with pytest.raises(ValueError, match="compute_dtype"):
+        PoseLossConfig(compute_dtype="half")
+
+
 def test_config_and_argument_errors():
     with pytest.raises(ValueError, match="mc_samples"):
         PoseLossConfig(mc_samples=100, num_rounds=3)

@@ -88,6 +88,14 @@ class PoseLossConfig:
     """Smooth-L1 transition of the translation regulariser, metres."""
     backend: str = "auto"
     """Backend of the solver, sampler and costs ("auto", "reference", "cpu", "cuda")."""
+    compute_dtype: str = "float64"
+    """Precision of the solve, the AMIS proposals and the costs: "float64" (inputs are promoted, the
+    outputs come back in the input dtype) or "input". In float32 the proposals break down once the
+    pose distribution is concentrated (J^T J beyond ~1e7 x its smallest eigenvalue: weights summing
+    to more than ~1e3 per problem, as VPOG's w2d = scale / b do): inverting the covariances loses
+    every digit, log q turns to noise and the loss estimate runs to -1e6 and below, rewarding
+    overconfidence instead of penalising it. EPro-PnP's own float32 code has the same limit; its
+    normalised weights (softmax x a global scale) stay clear of it."""
 
     def __post_init__(self):
         for name in ("mc_samples", "num_rounds", "init_proposals", "init_points"):
@@ -103,6 +111,8 @@ class PoseLossConfig:
         for name in ("relative_delta", "z_min", "init_norm_factor", "reg_beta"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.compute_dtype not in ("float64", "input"):
+            raise ValueError(f"compute_dtype must be 'float64' or 'input', got {self.compute_dtype!r}")
 
 
 class PoseLossOutput(NamedTuple):
@@ -167,7 +177,8 @@ class MonteCarloPoseLoss(torch.nn.Module):
 
     forward(x3d [B, N, 3] model points (metres), x2d [B, N, 2] query pixels, w2d [B, N, 2] weights,
     K [B, 3, 3], pose_gt [B, 7] T_m2c [t, q], norm_factor=None, generator=None) -> PoseLossOutput.
-    float32 (bfloat16/float16 inputs are promoted) or float64, one device.
+    float32 (bfloat16/float16 inputs are promoted) or float64, one device; computed in float64 unless
+    `config.compute_dtype == "input"` (see `PoseLossConfig.compute_dtype`).
     """
 
     def __init__(self, config: PoseLossConfig | None = None):
@@ -176,6 +187,16 @@ class MonteCarloPoseLoss(torch.nn.Module):
         self.register_buffer("norm_factor", torch.tensor(float(self.config.init_norm_factor)))
 
     def forward(self, x3d, x2d, w2d, K, pose_gt, norm_factor=None, generator=None) -> PoseLossOutput:
+        out_dtype = torch.float32 if x3d.dtype in (torch.float16, torch.bfloat16) else x3d.dtype
+        if self.config.compute_dtype == "float64" and out_dtype != torch.float64:
+            if isinstance(norm_factor, torch.Tensor):
+                norm_factor = norm_factor.double()
+            out = self._forward(x3d.double(), x2d.double(), w2d.double(), K, pose_gt, norm_factor, generator)
+            return PoseLossOutput(*[t.to(out_dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                                    for t in out])
+        return self._forward(x3d, x2d, w2d, K, pose_gt, norm_factor, generator)
+
+    def _forward(self, x3d, x2d, w2d, K, pose_gt, norm_factor=None, generator=None) -> PoseLossOutput:
         cfg = self.config
         if x3d.dtype in (torch.float16, torch.bfloat16):
             x3d, x2d, w2d = x3d.float(), x2d.float(), w2d.float()
