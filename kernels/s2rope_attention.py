@@ -52,9 +52,10 @@ def n_bucket(n: int) -> int:
 
 
 # Candidate (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head-dim class (D <= 64, D = 128),
-# chosen from sm_90 compiles (triton 3.9, ptxas): every listed config uses wgmma (or mma for 32-wide
-# tiles) and keeps within 255 registers without spilling. Autotuning picks among them per key; the
-# first of each list is the default when VPOG_TRITON_AUTOTUNE=0 (tests: one compile per shape).
+# chosen from sm_90 compiles (triton 3.9, ptxas 13.4; scripts/triton_sm90_report.py): fp16 / bf16
+# configs use wgmma (mma.sync for some 32-row tiles) and keep within 255 registers without spilling.
+# Autotuning picks among them per key; the first of each list is the default when
+# VPOG_TRITON_AUTOTUNE=0 (tests: one compile per shape).
 _FWD_CONFIGS = {
     64: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 128, 8, 2),
          (64, 128, 8, 2)],
@@ -69,20 +70,27 @@ _DQ_CONFIGS = {  # BLOCK_M: queries owned by a program; BLOCK_N: key step
     64: [(128, 64, 8, 2), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)],
     128: [(64, 32, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2)],
 }
+# float32 (IEEE dots on the FMA units: operands and accumulators live in registers) has its own lists:
+# the fp16 / bf16 tiles spill there (up to 4-5 KB per thread at D = 128); these compile without spills
+# for D = 32 and 64 (first class) or D = 128.
+_FWD_CONFIGS_FP32 = {64: [(64, 32, 8, 2), (64, 16, 4, 2), (32, 32, 4, 1)],
+                     128: [(32, 32, 8, 1), (32, 16, 8, 2), (16, 32, 8, 1)]}
+_DKDV_CONFIGS_FP32 = {64: [(32, 32, 8, 1), (16, 32, 8, 2), (32, 16, 8, 2)], 128: [(16, 16, 8, 2)]}
+_DQ_CONFIGS_FP32 = {64: [(32, 32, 8, 2)], 128: [(32, 16, 8, 2), (16, 32, 8, 1)]}
 # Interpreter: one config, unequal blocks, so tails and several blocks are exercised at tiny N.
 _INTERPRETER_CONFIG = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
 
 
-def _configs(table, kind):
+def _configs(table, table_fp32, kind):
     if triton_interpreter():
         bm, bn = _INTERPRETER_CONFIG[kind]
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=1)]
-    tuples = sorted({c for cs in table.values() for c in cs})
+    tuples = sorted({c for t in (table, table_fp32) for cs in t.values() for c in cs})
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in tuples]
 
 
-def _pruner(table):
-    """Keep the configs listed for the call's head-dim class (and tile-size limits below)."""
+def _pruner(table, table_fp32):
+    """Keep the configs listed for the call's precision and head-dim class (and tile-size limits below)."""
 
     def prune(configs, named_args, **kwargs):
         if triton_interpreter():
@@ -90,10 +98,11 @@ def _pruner(table):
         args = {**named_args, **kwargs}  # triton versions differ in which of the two hold constexprs
         if "HEAD_DIM" not in args or "N_BUCKET" not in args:
             return configs
-        order = table[64 if args["HEAD_DIM"] <= 64 else 128]
+        ieee = args.get("DOT_PREC") == "ieee"
+        order = (table_fp32 if ieee else table)[64 if args["HEAD_DIM"] <= 64 else 128]
         allowed = set(order)
-        # short sequences: no 128 x 128 tiles; float32 (IEEE dots on FMA units, register-bound): small tiles
-        max_tile = 64 * 32 if args.get("DOT_PREC") == "ieee" else 128 * 64 if args["N_BUCKET"] <= 256 else 128 * 128
+        # short sequences: no 128 x 128 tiles
+        max_tile = 128 * 64 if args["N_BUCKET"] <= 256 else 128 * 128
         kept = [
             c for c in configs
             if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed
@@ -222,9 +231,9 @@ def _fwd_inner(acc, l_i, m_i, qa, qb, K, skn, skd, V, svn, svd, POS, spn, spc,
 
 
 @triton.autotune(
-    configs=_configs(_FWD_CONFIGS, "fwd"),
+    configs=_configs(_FWD_CONFIGS, _FWD_CONFIGS_FP32, "fwd"),
     key=["N_BUCKET", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": _pruner(_FWD_CONFIGS)},
+    prune_configs_by={"early_config_prune": _pruner(_FWD_CONFIGS, _FWD_CONFIGS_FP32)},
 )
 @triton.jit
 def _s2rope_attention_fwd_kernel(
@@ -318,9 +327,9 @@ def _dkdv_inner(dv, dka, dkb, ka, kb, v, Q, sqn, sqd, DO, sdn, sdd, LSE, DELTA, 
 
 
 @triton.autotune(
-    configs=_configs(_DKDV_CONFIGS, "dkdv"),
+    configs=_configs(_DKDV_CONFIGS, _DKDV_CONFIGS_FP32, "dkdv"),
     key=["N_BUCKET", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": _pruner(_DKDV_CONFIGS)},
+    prune_configs_by={"early_config_prune": _pruner(_DKDV_CONFIGS, _DKDV_CONFIGS_FP32)},
 )
 @triton.jit
 def _s2rope_attention_bwd_dkdv_kernel(
@@ -393,9 +402,9 @@ def _dq_inner(dqa, dqb, qa, qb, do, lse, delta, K, skn, skd, V, svn, svd, POS, s
 
 
 @triton.autotune(
-    configs=_configs(_DQ_CONFIGS, "dq"),
+    configs=_configs(_DQ_CONFIGS, _DQ_CONFIGS_FP32, "dq"),
     key=["N_BUCKET", "HEAD_DIM"],
-    prune_configs_by={"early_config_prune": _pruner(_DQ_CONFIGS)},
+    prune_configs_by={"early_config_prune": _pruner(_DQ_CONFIGS, _DQ_CONFIGS_FP32)},
 )
 @triton.jit
 def _s2rope_attention_bwd_dq_kernel(

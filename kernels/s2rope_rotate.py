@@ -33,13 +33,27 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def _configs():
     if triton_interpreter():
         return [triton.Config({"BLOCK_N": 16, "H_CHUNK": 2}, num_warps=4, num_stages=1)]
-    # (BLOCK_N, H_CHUNK, num_warps): no register spills on sm_90 (64-token tiles need 8 warps);
-    # the first is the default when VPOG_TRITON_AUTOTUNE=0
+    # (BLOCK_N, H_CHUNK, num_warps); the pruner keeps those that fit the registers for the head dim;
+    # the first kept is the default when VPOG_TRITON_AUTOTUNE=0
     choices = [(32, 4, 4), (16, 2, 4), (16, 4, 4), (32, 2, 4), (32, 4, 8), (32, 16, 8), (64, 4, 8), (64, 16, 8)]
     return [triton.Config({"BLOCK_N": bn, "H_CHUNK": hc}, num_warps=w, num_stages=1) for bn, hc, w in choices]
 
 
+# At most this many (token, pair) elements of a tile per thread: each costs cos, sin, both halves of
+# x1 and x2 and their addresses in registers. sm_90 compiles (triton 3.9, ptxas 13.4,
+# scripts/triton_sm90_report.py): 8 per thread uses about 150 registers without spilling; 16 per
+# thread (e.g. D = 128 with 32 tokens on 4 warps) hits 255 registers and spills.
+_MAX_TILE_PER_THREAD = 8
+
+
 def _prune(configs, named_args, **kwargs):
+    if triton_interpreter():
+        return configs
+    half_pad = {**named_args, **kwargs}.get("HALF_PAD")
+    if half_pad is not None:
+        per_thread = lambda c: c.kwargs["BLOCK_N"] * half_pad / (32 * c.num_warps)
+        fitting = [c for c in configs if per_thread(c) <= _MAX_TILE_PER_THREAD]
+        configs = fitting or [min(configs, key=per_thread)]
     return configs[:1] if os.environ.get("VPOG_TRITON_AUTOTUNE", "1") == "0" else configs
 
 
