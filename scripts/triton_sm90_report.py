@@ -123,10 +123,8 @@ def intercept(kernels: dict):
             del kernel.run
 
 
-def _meta(shape, dtype, strides=None):
-    if strides is None:
-        return torch.empty(shape, dtype=dtype, device="meta")
-    return torch.empty_strided(shape, strides, dtype=dtype, device="meta")
+def _meta(shape, dtype):
+    return torch.empty(shape, dtype=dtype, device="meta")
 
 
 def _model_qkv(B, H, N, D, dtype):
@@ -394,10 +392,6 @@ def _config_str(kwargs: dict, launch: Launch) -> str:
     return f"{blocks} w{kwargs.get('num_warps')} s{kwargs.get('num_stages')}"
 
 
-def _short_dtype(dtype) -> str:
-    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
-
-
 # ------------------------------------------------------------------------------------------------
 # The plan: which launches to compile
 
@@ -472,21 +466,14 @@ def build_rows(launches, subset: bool, progress: bool):
     return out, len(jobs)
 
 
-def _progress(it, enabled, desc):
+def _progress(items, enabled, desc):
     if not enabled:
-        return it
+        return items
     try:
         from tqdm import tqdm
-    except ImportError:
-        return _plain_progress(it, desc)
-    return tqdm(it, desc=desc, unit="kernel", file=sys.stderr)
-
-
-def _plain_progress(it, desc):
-    items = list(it)
-    for i, x in enumerate(items):
-        print(f"{desc}: {i + 1}/{len(items)}", file=sys.stderr, flush=True)
-        yield x
+    except ImportError:  # plain: one line per kernel
+        return (print(f"{desc}: {i + 1}/{len(items)}", file=sys.stderr, flush=True) or x for i, x in enumerate(items))
+    return tqdm(items, desc=desc, unit="kernel", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------
