@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -19,6 +20,7 @@ from vpog.evaluation.inference import (
     neighbour_groups,
     solve_hypotheses,
     template_pose,
+    template_scores,
 )
 from vpog.evaluation.metrics import rotation_error_deg
 from vpog.geometry import look_at_pose, viewing_direction
@@ -166,6 +168,24 @@ def test_all_patches_unseen_falls_back_to_the_template_pose(tiny_model):
     torch.testing.assert_close(est.pose, est.template_pose)
     normal = estimate_poses(tiny_model, img, m_q[None], K_q, tpl, cfg)
     assert normal.num_points.item() > 0 and bool(normal.valid.all())
+
+
+def test_template_scores_by_hand():
+    # template 0: every query patch is seen, spread evenly over 4 patches; template 1: p(unseen) = 3/4,
+    # the rest on one patch. Only the first 2 query patches are valid.
+    logits = torch.full((1, 2, 196, 197), -1e4)
+    logits[0, 0, :, :4] = 0.0
+    logits[0, 1, :, 196] = math.log(3.0)
+    logits[0, 1, :, 7] = 0.0
+    valid = torch.zeros(1, 196, dtype=torch.bool)
+    valid[0, :2] = True
+    logits[0, :, 2:] = torch.randn(2, 194, 197)  # invalid patches must not count
+    torch.testing.assert_close(template_scores(logits, valid, "visible"), torch.tensor([[1.0, 0.25]]))
+    torch.testing.assert_close(template_scores(logits, valid, "buddy"), torch.tensor([[0.25, 0.25]]))
+    with pytest.raises(ValueError, match="kind"):
+        template_scores(logits, valid, "best")
+    with pytest.raises(ValueError, match="template_score"):
+        InferenceConfig(template_score="best")
 
 
 def test_config_and_input_checks(tiny_model):

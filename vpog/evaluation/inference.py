@@ -6,7 +6,9 @@ For each query crop of an object with templates t_0..t_{V-1} (SPEC §2: no in-pl
    direction (as training's positives: `t*` and the S_p - 1 nearest to it), with `d_ref = d_c` and
    the chart axes of c's camera (SPEC §3, §5).
 2. Scoring. The network scores each candidate group: a template's score is the mean, over query
-   patches on the query mask, of the most likely buddy's probability (softmax over the 197 classes);
+   patches on the query mask, of the probability that the patch is visible in the template,
+   1 - p(unseen) (`template_score="visible"`: the expected share of the query seen by the
+   template), or of the most likely buddy's probability (`"buddy"`; softmax over the 197 classes);
    the group's score is the mean over its templates (`group_score="mean"`) or its centre's. The best
    group wins; its centre is the retrieved template and `d_ref`. Candidates are every template, or
    (`num_candidates > 0`) a farthest-point subset refined around the best one.
@@ -60,6 +62,8 @@ class InferenceConfig:
     """Candidate group centres scored per query; 0 = every template (exhaustive)."""
     refine_candidates: int = 8
     """With num_candidates > 0: neighbours of the best coarse centre scored in a second pass."""
+    template_score: str = "visible"
+    """"visible": mean over query patches of 1 - p(unseen); "buddy": of the top buddy's probability."""
     group_score: str = "mean"
     """"mean" (over the group's templates) or "centre" (the centre template's score)."""
     candidate_batch: int = 64
@@ -95,6 +99,8 @@ class InferenceConfig:
         for name in ("num_candidates", "refine_candidates", "pnp_iter"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"inference.{name} must be >= 0, got {getattr(self, name)}")
+        if self.template_score not in ("visible", "buddy"):
+            raise ValueError(f"inference.template_score must be 'visible' or 'buddy', got {self.template_score!r}")
         if self.group_score not in ("mean", "centre"):
             raise ValueError(f"inference.group_score must be 'mean' or 'centre', got {self.group_score!r}")
         if not 0.0 <= self.min_probability < 1.0:
@@ -234,10 +240,16 @@ def patch_validity(masks: torch.Tensor | None, B: int, device) -> torch.Tensor:
     return torch.where(valid.any(dim=1, keepdim=True), valid, torch.ones_like(valid))
 
 
-def template_scores(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per template: mean over valid query patches of the top buddy probability. logits [G, S, 196, 197],
-    valid [G, 196] -> [G, S]."""
-    conf = logits.float().softmax(dim=-1)[..., :NUM_PATCHES].amax(dim=-1)  # [G, S, 196]
+def template_scores(logits: torch.Tensor, valid: torch.Tensor, kind: str = "visible") -> torch.Tensor:
+    """Per template: mean over valid query patches of 1 - p(unseen) ("visible") or of the top buddy
+    probability ("buddy"). logits [G, S, 196, 197], valid [G, 196] -> [G, S]."""
+    prob = logits.float().softmax(dim=-1)
+    if kind == "visible":
+        conf = 1 - prob[..., NUM_PATCHES]  # [G, S, 196]
+    elif kind == "buddy":
+        conf = prob[..., :NUM_PATCHES].amax(dim=-1)
+    else:
+        raise ValueError(f"kind must be 'visible' or 'buddy', got {kind!r}")
     w = valid[:, None].float()
     return (conf * w).sum(-1) / w.sum(-1).clamp_min(1)
 
@@ -327,7 +339,7 @@ def _score_centres(model, q_tok, valid, t_tok, templates, centres_per_query, cfg
         g, c, q = groups[i:i + cfg.candidate_batch], flat[i:i + cfg.candidate_batch], qi[i:i + cfg.candidate_batch]
         with _autocast(q_tok.device, cfg.amp):
             o = group_forward(model, q_tok[q], t_tok[g], dirs[g], dirs[c], poses[c, :3, :3], with_flow=False)
-        s = template_scores(o.logits, valid[q])  # [G, S]
+        s = template_scores(o.logits, valid[q], cfg.template_score)  # [G, S]
         out.append(s.mean(dim=1) if cfg.group_score == "mean" else s[:, 0])
     return torch.cat(out).view(B, C)
 
