@@ -24,7 +24,7 @@ from vpog.ops.pnp_cost import adaptive_huber_delta, pnp_cost, pnp_cost_reference
 from vpog.ops.pnp_solve import draw_random_init, pnp_solve, pnp_solve_reference
 from vpog.pnp.amis import MAX_FAST_ROUNDS, amis, amis_reference
 from vpog.pnp.distributions import draw_amis_noise
-from vpog.pnp.testing import perturb_poses, random_pnp_problems
+from vpog.pnp.testing import perturb_poses, random_amis_inputs, random_pnp_problems
 
 pytestmark = pytest.mark.cuda
 
@@ -188,14 +188,7 @@ def test_cost_same_arithmetic_as_cpu():
 
 
 def _amis_args(B, N, R, S, dtype, seed=0, device="cuda"):
-    g = torch.Generator().manual_seed(seed)
-    p = random_pnp_problems(B, N, noise=2.0, dtype=dtype, generator=g)
-    x3d, x2d, w2d, K, gt = (t.to(device) for t in p)
-    delta = adaptive_huber_delta(x2d, w2d)
-    sol = pnp_solve(x3d, x2d, w2d, K, gt, 10, backend="reference")
-    noise = draw_amis_noise(R, S, B, dtype, generator=g)
-    noise = type(noise)(*(t.to(device) for t in noise))
-    return x3d, x2d, w2d, K, delta, sol.pose, sol.jtj, noise
+    return random_amis_inputs(B, N, dtype, device, rounds=R, samples=S, seed=seed)
 
 
 @pytest.mark.parametrize("B,N,R,S", [(2, 130, MAX_FAST_ROUNDS, 20), (1, 3, 2, 129)])

@@ -13,11 +13,8 @@ import pytest
 import torch
 
 from vpog._backend import OPS
-from vpog.ops.pnp_cost import adaptive_huber_delta
-from vpog.ops.pnp_solve import pnp_solve
 from vpog.pnp.amis import amis, amis_reference, initial_proposal, refit_proposal
-from vpog.pnp.distributions import draw_amis_noise
-from vpog.pnp.testing import random_pnp_problems
+from vpog.pnp.testing import random_amis_inputs
 
 needs_cpu_ext = pytest.mark.skipif(OPS["pnp_amis"].unavailable_reason("cpu", torch.device("cpu")) is not None,
                                    reason="vpog._C (C++ CPU kernels) not built")
@@ -28,14 +25,7 @@ def _rel(a, b):
 
 
 def _setup(B, N, dtype, device="cpu", R=4, S=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    p = random_pnp_problems(B, N, noise=2.0, dtype=dtype, generator=g)
-    x3d, x2d, w2d, K, gt = (t.to(device) for t in p)
-    delta = adaptive_huber_delta(x2d, w2d)
-    sol = pnp_solve(x3d, x2d, w2d, K, gt, 10, backend="reference")
-    noise = draw_amis_noise(R, S, B, dtype, generator=g)
-    noise = type(noise)(*(t.to(device) for t in noise))
-    return x3d, x2d, w2d, K, delta, sol.pose, sol.jtj, noise
+    return random_amis_inputs(B, N, dtype, device, rounds=R, samples=S, seed=seed)
 
 
 def _compare(backend, device, dtype, B, N, R, S):

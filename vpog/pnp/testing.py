@@ -61,3 +61,22 @@ def perturb_poses(pose: torch.Tensor, t_sigma: float, angle_deg: float,
     q = torch.cat((w1 * w2 - (v1 * v2).sum(-1, keepdim=True), w1 * v2 + w2 * v1 + torch.cross(v1, v2, dim=-1)), -1)
     t = pose[:, :3] + t_sigma * torch.randn((B, 3), dtype=dtype, generator=generator).to(device)
     return torch.cat((t, q), dim=-1)
+
+
+def random_amis_inputs(B: int, N: int, dtype=torch.float64, device="cpu", rounds: int = 4, samples: int = 32,
+                       seed: int = 0) -> tuple:
+    """Positional arguments of `vpog.pnp.amis.amis` up to `noise` for B random problems (noise 2 px):
+    (x3d, x2d, w2d, K, delta, pose_opt, jtj, noise), pose_opt and jtj from a 10-iteration reference
+    solve started at the true pose, AMIS noise for `rounds` x `samples`. All on `device`."""
+    from vpog.ops.pnp_cost import adaptive_huber_delta
+    from vpog.ops.pnp_solve import pnp_solve
+    from vpog.pnp.distributions import draw_amis_noise
+
+    g = torch.Generator().manual_seed(seed)
+    p = random_pnp_problems(B, N, noise=2.0, dtype=dtype, generator=g)
+    x3d, x2d, w2d, K, gt = (t.to(device) for t in p)
+    delta = adaptive_huber_delta(x2d, w2d)
+    sol = pnp_solve(x3d, x2d, w2d, K, gt, 10, backend="reference")
+    noise = draw_amis_noise(rounds, samples, B, dtype, generator=g)
+    noise = type(noise)(*(t.to(device) for t in noise))
+    return x3d, x2d, w2d, K, delta, sol.pose, sol.jtj, noise
