@@ -16,6 +16,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0+PTX}
 export VPOG_BUILD_CUDA=${VPOG_BUILD_CUDA:-1}
 export MAX_JOBS=${MAX_JOBS:-16}
+# The lent machine has no hydra-core/omegaconf: with .carry/whl (scripts/gpu_demo_bundle.sh) carried
+# along, install them aside so the config tests run too.
+if ! python -c "import hydra, omegaconf" 2>/dev/null && ls .carry/whl/*.whl >/dev/null 2>&1; then
+  python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/vpog_site .carry/whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/vpog_site"
+fi
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"

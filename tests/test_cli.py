@@ -22,6 +22,17 @@ def test_group_selection_and_value_override():
     assert cfg.optim.lr == pytest.approx(3e-4)
 
 
+def test_small_synthetic_set_differs_only_in_resolution_and_folder():
+    full = load_config("train", [])
+    small = load_config("train", ["data=synthetic_small"])
+    assert small.data.name == "synthetic"
+    changed = {k for k in full.data.synthesize if full.data.synthesize[k] != small.data.synthesize[k]}
+    assert changed == {"out", "image_size", "template_size"}
+    assert small.data.train_datasets[0].root == small.data.synthesize.out == "data_cache/synthetic_small"
+    assert {k: v for k, v in full.data.items() if k not in ("synthesize", "train_datasets")} == {
+        k: v for k, v in small.data.items() if k not in ("synthesize", "train_datasets")}
+
+
 def test_defaults_without_overrides():
     cfg = load_config("train")
     assert cfg.machine.name == "local"

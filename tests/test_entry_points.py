@@ -31,3 +31,14 @@ def test_help_prints_config(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout and "config groups:" in out.stdout
+
+
+@pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_demo.sh", "gpu_demo_bundle.sh", "install.sh"])
+def test_shell_scripts_parse_and_fail_loudly(script):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / script
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    text = path.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "set -uo pipefail" in text or "set -euo pipefail" in text
