@@ -1,13 +1,14 @@
 """`python -m vpog.train [key=value ...]`: train VPOG (one process), or under `torchrun` on several.
 
     python -m vpog.train                                      # tiny model, built-in synthetic set, CPU ok
-    torchrun --nproc-per-node=8 -m vpog.train machine=gpu    # ViT-B on 8 GPUs, full schedule
+    torchrun --nproc-per-node=8 -m vpog.train preset=full     # ViT-B on 8 GPUs, full schedule
     sbatch scripts/slurm/train_multi_node.sbatch             # several nodes, requeued before the time limit
     python -m vpog.train --help                               # config groups and the composed config
 
 A run lives in `<output_dir>/<run_name>/` (config.yaml, checkpoints/, metrics.jsonl, tensorboard/);
 starting the same command again resumes from its newest valid checkpoint. Exit codes: 0 finished or
-stopped by a signal (checkpoint saved), 1 an error, 2 a bad command line.
+stopped by a signal (checkpoint saved), 1 an error, 2 a bad command line, 130 a second
+Ctrl-C. The shutdown order is written down in `vpog/training/trainer.py`.
 
 References: pytorch/torchtitan `torchtitan/train.py` (a thin entry point: logging, config, trainer,
 train, close in a finally).
@@ -16,6 +17,7 @@ train, close in a finally).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,18 +37,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     init_logger()
     cfg = parse_cli("train", argv, description=DESCRIPTION)
 
+    from vpog.training.distributed import process_group_threads
     from vpog.training.trainer import Trainer
 
-    trainer = None
+    trainer, code = None, 1
     try:
         trainer = Trainer(cfg)
-        return trainer.train()
+        code = trainer.train()
     except KeyboardInterrupt:
         log.warning("interrupted (second Ctrl-C): exiting without a final checkpoint")
-        return 130
+        code = 130
+    except Exception:
+        log.exception("training failed")
+        code = 1
     finally:
         if trainer is not None:
-            trainer.close()
+            trainer.close(abort=code != 0)
+    if process_group_threads():  # never finalise the interpreter under live gloo/NCCL threads
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """Flush every log and exit at once, without interpreter finalisation."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

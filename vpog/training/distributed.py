@@ -20,9 +20,11 @@ trainers reading torchrun's environment), pytorch/torchtitan `distributed/utils.
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -250,6 +252,7 @@ def init_distributed(machine: MachineConfig, timeout_s: float = 1800.0,
             raise ValueError("machine.dist_backend 'nccl' needs CUDA devices; use gloo (or auto) on CPU")
         timeout = datetime.timedelta(seconds=float(timeout_s))
         if not dist.is_initialized():
+            _import_group_capturing_modules()
             # device_id binds NCCL to this rank's GPU (no guessing in barrier())
             extra = {"device_id": device} if backend == "nccl" else {}
             if env.launcher == "torchrun":
@@ -281,9 +284,82 @@ def _torchrun_store(env: DistEnv, timeout: datetime.timedelta, environ: Mapping[
     return dist.PrefixStore(f"vpog/{e.get('TORCHELASTIC_RUN_ID', 'run')}/attempt{attempt}", base)
 
 
-def destroy_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def _import_group_capturing_modules() -> None:
+    """Import, before the default process group exists, the torch modules that capture it at import.
+
+    `torch.distributed.nn.functional` declares `group=group.WORLD` as default argument values. Imported
+    after `init_process_group` (DDP's first construction imports it through torch._dynamo), those
+    defaults hold the default group for the life of the process, so `destroy_process_group` cannot
+    free it: gloo's worker threads then live into interpreter finalisation, and one that drops the
+    last reference to a finished collective's tensors there needs the GIL, is ended by the
+    interpreter, and takes the process down with `terminate called without an active exception`
+    (SIGABRT) -- a race that load makes likelier. Imported first, the defaults are None.
+    """
+    import torch.distributed.nn.functional  # noqa: F401
+
+
+def process_group_threads() -> list[str]:
+    """Names of this process's native threads that belong to a process group (gloo, NCCL).
+
+    Empty once every group is destroyed. Linux only (/proc/self/task); elsewhere always empty.
+    """
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return []
+    names = []
+    for tid in os.listdir(tasks):
+        try:
+            with open(f"{tasks}/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if name.startswith(_GROUP_THREAD_PREFIXES):
+            names.append(name)
+    return sorted(names)
+
+
+# gloo's worker and transport threads, NCCL's watchdog and heartbeat monitor (kernel thread names,
+# at most 15 characters)
+_GROUP_THREAD_PREFIXES = ("pt_gloo", "gloo_", "pt_nccl", "pt_nccl_watchdg", "pt_nccl_heartbt")
+
+
+def destroy_distributed(abort: bool = False, timeout_s: float = 60.0) -> bool:
+    """Leave and free the process group; True when no process-group thread is left afterwards.
+
+    Call it after dropping every object that holds the group (the DDP wrapper), while Python is fully
+    alive. `abort=False` (a finished run, a signal stop: every collective has completed on every rank)
+    destroys the group, which joins its worker threads. `abort=True` (an exception) aborts it instead,
+    so that a collective still pending with ranks that will never join it cannot block this rank's
+    exit; that runs on a helper thread and is given up after `timeout_s`, because gloo's abort still
+    waits for pending work. A False return means the group's threads are still alive: the caller
+    must not let the interpreter finalise with them (exit with `os._exit` after flushing).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return not process_group_threads()
+    gc.collect()  # DDP and its reducer sit in reference cycles
+    teardown = dist.distributed_c10d._abort_process_group if abort else dist.destroy_process_group
+    if abort:
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                teardown()
+            except Exception as exc:  # a broken group: nothing more to do with it
+                log.warning("aborting the process group failed: %s", exc)
+            done.set()
+
+        threading.Thread(target=run, name="vpog-pg-abort", daemon=True).start()
+        if not done.wait(timeout_s):
+            log.warning("aborting the process group did not finish in %.0f s", timeout_s)
+            return False
+    else:
+        teardown()
+    gc.collect()
+    left = process_group_threads()
+    if left:
+        log.warning("process-group threads still alive after leaving the group (%s): something outside "
+                    "vpog still holds the group", ", ".join(left))
+    return not left
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,24 @@ optimiser step, on every rank:
 The learning-rate schedule and the data position advance on skipped steps too, so step k always
 reads the same data and uses the same learning rate whatever happened before it.
 
+Shutdown order (`close(abort=...)`, called by `vpog.train` in a finally, and by a failed constructor):
+
+1. the DataLoader workers of the training iterator are stopped and joined;
+2. the metric sinks close: the progress bar, TensorBoard's writer thread (flushed), metrics.jsonl;
+3. the previous SIGTERM / SIGUSR1 / SIGINT handlers come back;
+4. the DDP wrapper (the only holder of the process group besides torch.distributed) is dropped and
+   collected, then the process group is left, while Python is fully alive:
+   - finished run or signal stop (`abort=False`): every rank has passed the final checkpoint's
+     barrier, so no collective is pending; `destroy_process_group` frees the group and joins its
+     worker threads;
+   - exception (`abort=True`; also a second Ctrl-C): the group is aborted, bounded in time, so a
+     collective that the other ranks will never join cannot keep this rank from exiting (torchrun then
+     sees it fail and stops the others);
+5. `vpog.train` returns the exit code (0 finished or stopped by a signal, 1 an error, 130 a second
+   Ctrl-C); if a process-group thread were still alive at that point, it exits through `os._exit`
+   after flushing, because a gloo thread dropping a collective's tensors during interpreter
+   finalisation aborts the process (SIGABRT, see `distributed._import_group_capturing_modules`).
+
 References: pytorch/torchtitan `trainer.py` (Trainer with nested configs; the loop reads load, step,
 save, validate), facebookresearch/vggt `training/trainer.py`, naver/dust3r `dust3r/training.py`.
 """
@@ -143,10 +161,11 @@ class Trainer:
     """Builds everything from the composed config, then `train()`; always `close()` (in a finally)."""
 
     def __init__(self, cfg: Any, task: TrainTask | None = None) -> None:
+        self._closed = False
         try:
             self._build(cfg, task)
         except BaseException:
-            self.close()
+            self.close(abort=True)
             raise
 
     def _build(self, cfg: Any, task: TrainTask | None) -> None:
@@ -481,14 +500,25 @@ class Trainer:
             self.metrics.scalars(self.step, summary, kind="val")
         return summary
 
-    def close(self) -> None:
-        """Stop loader workers, flush logs, restore signal handlers, leave the process group."""
-        self._train_iter = None
+    def close(self, abort: bool = False) -> None:
+        """Stop loader workers, close the logs, restore signal handlers, leave the process group (in that
+        order; see the module docstring). `abort=True` on an error path. Idempotent; the unwrapped
+        model stays usable."""
+        if self._closed:
+            return
+        self._closed = True
+        iterator, self._train_iter = getattr(self, "_train_iter", None), None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
         if hasattr(self, "metrics"):
             self.metrics.close()
         if hasattr(self, "stop"):
             self.stop.uninstall()
-        D.destroy_distributed()
+        if hasattr(self, "model"):
+            self.model = _unwrap(self.model)  # DDP holds the process group
+        timeout = self.config.faults.process_group_timeout_s if hasattr(self, "config") else 60.0
+        D.destroy_distributed(abort=abort, timeout_s=min(timeout, 60.0))
 
 
 class _Window:

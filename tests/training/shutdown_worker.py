@@ -1,0 +1,34 @@
+"""One rank of the process-group shutdown test (run by test_shutdown.py under torchrun, 2 CPU ranks).
+
+Prints one JSON line `{"rank", "threads_alive", "threads_after", "clean"}`: process-group threads seen
+while the group is alive (the detector works), and after vpog's teardown (none may be left). Argument:
+"destroy" (a finished run) or "abort" (the error path).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from vpog.training import distributed as D
+
+
+def main(mode: str) -> None:
+    ctx = D.init_distributed(D.MachineConfig(device="cpu", dist_backend="gloo", precision="fp32"), 60.0)
+    model = DistributedDataParallel(torch.nn.Linear(16, 16))  # its first construction imports torch._dynamo
+    for _ in range(3):
+        model(torch.randn(4, 16)).sum().backward()
+    gathered = D.all_gather_object({"rank": ctx.rank, "payload": torch.randn(64)})
+    D.barrier()
+    alive = D.process_group_threads()  # after the collectives, so every worker thread has named itself
+    del model, gathered
+    clean = D.destroy_distributed(abort=mode == "abort", timeout_s=30.0)
+    print(json.dumps({"rank": ctx.rank, "threads_alive": alive, "threads_after": D.process_group_threads(),
+                      "clean": clean}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
