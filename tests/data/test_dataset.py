@@ -138,13 +138,13 @@ def test_workers_and_determinism(tiny_set):
 
 
 def test_template_crops_cached_and_index_cached(tiny_set, monkeypatch):
-    import vpog.data.dataset as dataset_mod
     import vpog.data.shards as shards_mod
+    import vpog.data.sources as sources_mod
 
     ds = VPOGDataset(config(tiny_set), train=False)
     calls = []
-    real = dataset_mod.read_view
-    monkeypatch.setattr(dataset_mod, "read_view", lambda *a: calls.append(a) or real(*a))
+    real = sources_mod.read_view
+    monkeypatch.setattr(sources_mod, "read_view", lambda *a: calls.append(a) or real(*a))
     ds[0]
     first = len(calls)
     assert first == 5

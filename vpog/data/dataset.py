@@ -47,7 +47,7 @@ from .crop import box_from_mask, box_from_xywh, crop_matrix, jitter_box, warp_cr
 from .rle import rle_to_mask
 from .shards import ShardReadError
 from .sources import TrainingSource, object_id_list
-from .templates import read_png_depth, read_view, viewing_directions
+from .templates import read_png_depth, viewing_directions
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +69,16 @@ class TrainSetConfig:
     """keep only the instances of these object ids of the set (None: every object)."""
     exclude_object_ids: list[int] | None = None
     """drop the instances of these object ids (wins over `object_ids`); None: drop nothing."""
+    scale_factor: float = 1.0
+    """template world / scene world: template translations and depths are divided by it. 10 for
+    GigaPose's MegaPose-GSO and -ShapeNet templates (rendered 10x larger than the scenes, GigaPose's own
+    `scale_factor: 10`), 1 for sets written by vpog.data.synthesize and for BOP sets."""
 
     def __post_init__(self):
         if self.ratio <= 0:
             raise ValueError(f"train_datasets[{self.name}].ratio must be > 0, got {self.ratio}")
+        if not self.scale_factor > 0:
+            raise ValueError(f"train_datasets[{self.name}].scale_factor must be > 0, got {self.scale_factor}")
         self.object_ids = object_id_list(self.object_ids, f"train_datasets[{self.name}].object_ids")
         self.exclude_object_ids = object_id_list(self.exclude_object_ids,
                                                  f"train_datasets[{self.name}].exclude_object_ids")
@@ -182,7 +188,8 @@ class VPOGDataset(torch.utils.data.Dataset):
             TrainingSource(d.name, d.root, d.templates, split=d.split, min_visib_fract=cfg.min_visib_fract,
                            index_cache_dir=(f"{cfg.index_cache_dir}/{d.name}" if cfg.index_cache_dir else None),
                            index_workers=cfg.index_workers, missing_templates=cfg.missing_templates,
-                           progress=progress, object_ids=d.object_ids, exclude_object_ids=d.exclude_object_ids)
+                           progress=progress, object_ids=d.object_ids, exclude_object_ids=d.exclude_object_ids,
+                           scale_factor=d.scale_factor)
             for d in cfg.train_datasets
         ]
         self.ratios = [d.ratio for d in cfg.train_datasets]
@@ -345,7 +352,7 @@ class VPOGDataset(torch.utils.data.Dataset):
             self._cache.move_to_end(key)
             return hit
         try:
-            rgba, depth = read_view(src.template_root, src.name, obj_id, view)
+            rgba, depth = src.read_template(obj_id, view)
             rgb, mask = rgba[..., :3], rgba[..., 3] >= 128
         except FileNotFoundError as exc:
             raise SampleError("missing_template", str(exc)) from None
@@ -509,3 +516,8 @@ def prepare_train_data(cfg, num_workers: int | None = None) -> None:
         from .synthesize import ensure_synthetic_dataset
 
         ensure_synthetic_dataset(synth, num_workers=num_workers)
+        return
+    # real sets: index the shards and measure the diameters here, once, so that the other ranks find
+    # them cached instead of all doing the work at once
+    dcfg = cfg if isinstance(cfg, DataConfig) else DataConfig.from_cfg(cfg)
+    VPOGDataset(dcfg, train=True, progress=True)

@@ -7,9 +7,16 @@ its path: the root, `key_to_shard.json`, `models_info.json`, the template folder
 object that the shards use.
 
 `models_info.json` is read in both shapes found in the wild: BOP's `{"<obj_id>": {"diameter": mm}}` and
-MegaPose's list `[{"obj_id": 1, "gso_id": ...}]` (no diameters). Missing diameters come from GigaPose's
-`{templates}/{name}/diameter.json` when present, else from the template poses (GigaPose puts the
-template camera at one diameter from the object, so |t| = diameter).
+MegaPose's list `[{"obj_id": 1, "gso_id": ...}]` (no diameters).
+
+One metric world per set (`scale_factor`): queries, template poses, template depths and object
+diameters all come out in the metres of the training scenes. GigaPose renders the MegaPose-GSO and
+-ShapeNet templates from the normalised meshes without MegaPose's 0.1 scene factor, a world 10 times
+larger (its `render_gso_templates.py` / `render_shapenet_templates.py`), and undoes it with
+`scale_factor: 10` in its data config (`configs/data/megapose.yaml`); vpog does the same, here and only
+here: template translations and depths are divided by `scale_factor` (a similarity: the template
+images and intrinsics stay as they are). Sets written by `vpog.data.synthesize` and BOP sets use 1.
+Diameters: `vpog.data.diameters` (models_info, else the mesh, else measured on the templates; cached).
 
 Object filter: `object_ids` keeps only the instances of those objects, `exclude_object_ids` drops the
 instances of those (exclusion wins where both name an object); ids must be objects of the set's shards, so
@@ -30,8 +37,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .diameters import (
+    DIAMETER_VIEWS,
+    MEGAPOSE_MESH_SCALE,
+    DiameterCache,
+    backproject_to_model,
+    megapose_mesh_path,
+    point_set_diameter,
+    read_mesh_vertices,
+    spread_views,
+)
 from .shards import ShardIndex
-from .templates import pose_path, read_camera, viewing_directions
+from .templates import pose_path, read_camera, read_view, viewing_directions
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +96,14 @@ class TrainingSource:
     def __init__(self, name: str, root: str | Path, templates: str | Path, split: str = "train_pbr_web",
                  min_visib_fract: float = 0.1, index_cache_dir: str | Path | None = None, index_workers: int = 0,
                  missing_templates: str = "error", progress: bool = False, object_ids: Iterable[int] | None = None,
-                 exclude_object_ids: Iterable[int] | None = None):
+                 exclude_object_ids: Iterable[int] | None = None, scale_factor: float = 1.0,
+                 diameter_views: int = DIAMETER_VIEWS):
         if missing_templates not in ("error", "skip"):
             raise ValueError(f"missing_templates must be 'error' or 'skip', got {missing_templates!r}")
+        if not (np.isfinite(scale_factor) and scale_factor > 0):
+            raise ValueError(f"training set '{name}': scale_factor must be a positive number, got {scale_factor}")
+        self.scale_factor = float(scale_factor)
+        self.diameter_views = int(diameter_views)
         self.name = name
         self.root = Path(root)
         if not self.root.is_dir():
@@ -130,8 +152,13 @@ class TrainingSource:
                              f"(visib_fract > {min_visib_fract} with templates, object_ids={object_ids}, "
                              f"exclude_object_ids={exclude_object_ids}); index stats: {self.stats}")
         self.template_K, self.template_width, self.template_height = read_camera(self.template_root, name)
-        self._diameter_json = self._load_diameter_json()
         self._poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._diameters = DiameterCache(self.index.cache_dir / "diameters.json", self.scale_factor)
+        self._measure_diameters(self.objects, index_workers, progress)
+        how = sorted({h for o in self.objects for h in [self._diameters.values[o][1]]})
+        logger.info("training set '%s': scale_factor %g, %d object diameters (from %s), median %.4f m", name,
+                    self.scale_factor, len(self.objects), ", ".join(how),
+                    float(np.median([self._diameters.values[o][0] for o in self.objects])))
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -182,37 +209,123 @@ class TrainingSource:
                              f"exclude_object_ids={exclude_object_ids} (objects with instances: {self.objects})")
         return out
 
-    def _load_diameter_json(self) -> dict[int, float]:
-        path = self.template_dir / "diameter.json"  # GigaPose writes this next to its GSO templates
-        if not path.is_file():
-            return {}
-        try:
-            return {int(e["obj_id"]): float(e["diameter"]) for e in json.loads(path.read_text())}
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignoring unreadable %s", path)
-            return {}
-
     def template_poses(self, obj_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """(T_m2c [V, 4, 4] float32 metres, viewing directions [V, 3] float64) of an object's templates."""
+        """(T_m2c [V, 4, 4] float32, query-world metres; viewing directions [V, 3] float64) of an object's
+        templates (the stored millimetres divided by 1000 x scale_factor)."""
         cached = self._poses.get(obj_id)
         if cached is None:
             path = pose_path(self.template_root, self.name, obj_id)
             poses = np.load(path).astype(np.float64)
             if poses.ndim != 3 or poses.shape[1:] != (4, 4) or not np.isfinite(poses).all():
                 raise ValueError(f"{path} must hold finite (V, 4, 4) poses, got shape {poses.shape}")
-            poses[:, :3, 3] /= 1000.0
+            poses[:, :3, 3] /= 1000.0 * self.scale_factor
             cached = (poses.astype(np.float32), viewing_directions(poses))
             if len(self._poses) > 4096:
                 self._poses.pop(next(iter(self._poses)))
             self._poses[obj_id] = cached
         return cached
 
+    def read_template(self, obj_id: int, view: int) -> tuple[np.ndarray, np.ndarray]:
+        """One template view -> (rgba uint8 [H, W, 4], depth float32 [H, W], query-world metres).
+
+        Raises FileNotFoundError naming a missing file."""
+        rgba, depth = read_view(self.template_root, self.name, obj_id, view)
+        if self.scale_factor != 1.0:
+            depth /= np.float32(self.scale_factor)
+        return rgba, depth
+
     def diameter(self, obj_id: int) -> float:
-        """Object diameter in metres (models_info, else GigaPose's diameter.json, else the template distance)."""
-        d = self.models_info.get(obj_id, {}).get("diameter")
-        if d is None or d <= 0:
-            d = self._diameter_json.get(obj_id)
-        if d is None or d <= 0:  # GigaPose's diameter.json says -1 for objects it could not load
-            poses, _ = self.template_poses(obj_id)
-            return float(np.median(np.linalg.norm(poses[:, :3, 3], axis=1)))
-        return float(d) / 1000.0
+        """Object diameter, query-world metres (BOP's: the largest distance between two model points)."""
+        hit = self._diameters.values.get(int(obj_id))
+        if hit is None:
+            self._measure_diameters([int(obj_id)], 0, False)
+            hit = self._diameters.values[int(obj_id)]
+        return hit[0]
+
+    def diameter_source(self, obj_id: int) -> str:
+        """Where `diameter(obj_id)` came from: models_info, mesh or templates."""
+        self.diameter(obj_id)
+        return self._diameters.values[int(obj_id)][1]
+
+    def _measure_diameters(self, objects: Iterable[int], num_workers: int, progress: bool) -> None:
+        """Fill the diameter cache for `objects` (models_info, else mesh, else templates); saves it."""
+        todo = []
+        for o in objects:
+            o = int(o)
+            if o in self._diameters.values:
+                continue
+            d = self.models_info.get(o, {}).get("diameter")
+            if d is not None and np.isfinite(float(d)) and float(d) > 0:
+                self._diameters.values[o] = (float(d) / 1000.0, "models_info")
+            else:
+                todo.append(o)
+        if todo:
+            logger.info("training set '%s': measuring %d object diameters (meshes or templates; cached in %s)",
+                        self.name, len(todo), self._diameters.path)
+            results = _measure_all(self, todo, num_workers, progress)
+            for o, (d, how) in zip(todo, results):
+                self._diameters.values[o] = (d, how)
+        if todo or not self._diameters.path.is_file():
+            self._diameters.save()
+
+    def measure_diameter(self, obj_id: int) -> tuple[float, str]:
+        """(diameter in query-world metres, "mesh" | "templates") measured now, not from models_info."""
+        mesh = megapose_mesh_path(self.root, self.models_info.get(obj_id, {}))
+        if mesh is not None:
+            try:
+                return point_set_diameter(read_mesh_vertices(mesh)) * MEGAPOSE_MESH_SCALE, "mesh"
+            except (OSError, ValueError) as exc:
+                logger.warning("object %d: mesh %s unreadable (%s); measuring it on the templates", obj_id, mesh,
+                               exc)
+        poses, dirs = self.template_poses(obj_id)
+        points = []
+        for v in spread_views(dirs, self.diameter_views):
+            _, depth = self.read_template(obj_id, int(v))
+            points.append(backproject_to_model(depth, self.template_K, poses[v]))
+        d = point_set_diameter(np.concatenate(points)) if points else 0.0
+        if not d > 0:
+            raise ValueError(f"training set '{self.name}': object {obj_id} has no diameter in models_info.json, "
+                             f"no mesh, and empty template depths ({self.template_dir / f'{obj_id:06d}'})")
+        return d, "templates"
+
+
+_WORKER_SOURCE: TrainingSource | None = None
+
+
+def _set_worker_source(source: TrainingSource) -> None:
+    global _WORKER_SOURCE
+    _WORKER_SOURCE = source
+
+
+def _measure_in_worker(obj_id: int) -> tuple[float, str]:
+    return _WORKER_SOURCE.measure_diameter(obj_id)
+
+
+def _measure_all(source: TrainingSource, objects: list[int], num_workers: int, progress: bool) -> list:
+    """[source.measure_diameter(o) for o in objects], on `num_workers` processes when > 1, with a bar."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(objects), desc=f"diameters {source.name}", unit="object")
+    out = []
+    try:
+        if num_workers > 1 and len(objects) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            light = copy.copy(source)  # the workers need neither the shard index nor the instance list
+            light.index, light.instances, light._poses = None, None, {}
+            with ProcessPoolExecutor(num_workers, initializer=_set_worker_source, initargs=(light,)) as pool:
+                for r in pool.map(_measure_in_worker, objects, chunksize=max(1, len(objects) // (8 * num_workers))):
+                    out.append(r)
+                    if bar is not None:
+                        bar.update(1)
+        else:
+            for o in objects:
+                out.append(source.measure_diameter(o))
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
