@@ -224,3 +224,10 @@ def test_max_restarts_resumes_after_a_crash(runs):
 def test_metrics_file_is_json_lines(runs):
     for line in (runs["out"] / "ref" / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
+
+
+@pytest.mark.parametrize("log", ["ref_log", "sig_log", "resumed_log", "crash_log"])
+def test_every_rank_left_its_process_group(runs, log):
+    """Finished, signal-stopped, resumed and restarted runs: no gloo thread outlived `Trainer.close()`."""
+    assert "process-group threads still alive" not in runs[log]
+    assert "terminate called" not in runs[log]

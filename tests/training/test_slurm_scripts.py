@@ -131,3 +131,5 @@ def test_launch_under_simulated_slurm(launches, case):
     assert (run / "trace_slurm_rank1.jsonl").exists()
     assert read_metrics(run / "metrics.jsonl", "train")[-1]["step"] == 4
     assert "requeue" not in calls  # finished normally: no requeue
+    # every rank left its process group before exiting (no gloo thread alive into finalisation)
+    assert "process-group threads still alive" not in output
