@@ -66,7 +66,7 @@ def test_batch_obeys_spec(tiny_set):
     assert batch.skipped == {} and len(set(batch.keys)) == B
 
     src = ds.sources[0]
-    info = json.loads((tiny_set / "models_info.json").read_text())
+    info = json.loads((tiny_set / "models" / "models_info.json").read_text())
     trees = {o: surface_tree(tiny_set, o) for o in (1, 2)}
     for b in range(B):
         obj = int(batch.obj_id[b])

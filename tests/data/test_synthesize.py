@@ -1,4 +1,5 @@
-"""Synthesis writes the real MegaPose/GigaPose formats, and what it writes is geometrically right."""
+"""Synthesis writes the formats GigaPose trains from (BOP-webdataset shards, GigaPose templates, models_info), and
+what it writes is geometrically right."""
 
 from __future__ import annotations
 
@@ -110,15 +111,52 @@ def test_layout_and_members(tiny_set):
         depth = np.asarray(Image.open(io.BytesIO(members["depth.png"])))
         assert depth.dtype == np.uint16 and depth.shape == (96, 128) and (depth > 0).all()  # background plane
         assert np.asarray(Image.open(io.BytesIO(members["rgb.jpg"]))).shape == (96, 128, 3)
-    info = json.loads((root / "models_info.json").read_text())
+    info = json.loads((root / "models" / "models_info.json").read_text())
     assert sorted(info) == ["1", "2"]
     for entry in info.values():
         assert 200.0 <= entry["diameter"] <= 200.0 * 3 ** 0.5 + 1e-3  # max extent 0.2 m, in mm
         assert abs(max(entry["size_x"], entry["size_y"], entry["size_z"]) - 200.0) < 1e-2
-    assert json.loads((root / "models" / "models_info.json").read_text()) == info
     manifest = json.loads((root / "synthesis.json").read_text())
     assert manifest["complete"] and manifest["stats"]["template_views"] == 2 * 42
     assert manifest["stats"]["template_views_per_second_per_process"] > 0
+
+
+def test_models_info_gigapose_list_and_bop_dict(tiny_set):
+    """ROOT/models_info.json is the list GigaPose's training loader iterates; models/models_info.json is BOP's
+    dict; both carry the same BOP fields (diameter in mm, bounding box)."""
+    root = tiny_set
+    listed = json.loads((root / "models_info.json").read_text())
+    bop = json.loads((root / "models" / "models_info.json").read_text())
+    assert isinstance(listed, list) and isinstance(bop, dict)
+    # GigaPose's TemplateDataset.from_config: for model_info in model_infos: obj_id = model_info["obj_id"]
+    # (template dir `{dir}/{obj_id:06d}`, pose_path `{dir}/object_poses/OBJECT_ID.npy` with the id filled in)
+    templates = root / "templates" / "synthetic"
+    ids = []
+    for model_info in listed:
+        obj_id = model_info["obj_id"]
+        assert isinstance(obj_id, int) and not isinstance(obj_id, bool)
+        assert (templates / f"{obj_id:06d}" / "000000.png").is_file()
+        pose_path = str(templates / "object_poses" / "OBJECT_ID.npy").replace("OBJECT_ID", f"{obj_id:06d}")
+        assert np.load(pose_path).shape == (42, 4, 4)
+        ids.append(obj_id)
+    assert ids == [1, 2]  # one entry per object, in id order
+    assert sorted(bop) == [str(i) for i in ids]
+    for entry in listed:
+        ref = bop[str(entry["obj_id"])]
+        assert entry["label"] == ref["source"] == f"procedural_{entry['obj_id']:06d}"
+        assert entry["diameter"] == ref["diameter"] and 200.0 <= entry["diameter"] <= 200.0 * 3 ** 0.5 + 1e-3
+        assert {k: v for k, v in entry.items() if k not in ("obj_id", "label")} == ref
+    # vpog reads the root file (the list) to the same {obj_id: info} as BOP's dict
+    from vpog.data.sources import load_models_info
+
+    loaded = load_models_info(root)
+    assert sorted(loaded) == [1, 2]
+    assert all(loaded[o]["diameter"] == bop[str(o)]["diameter"] for o in loaded)
+    # the manifest says how GigaPose reads the set: true-scale templates, scale_factor 1 (not MegaPose's 10)
+    giga = json.loads((root / "synthesis.json").read_text())["gigapose"]
+    assert giga["scale_factor"] == 1.0 and giga["depth_scale"] == 10.0
+    assert giga["level_templates"] == 0 and giga["num_templates"] == 42 and giga["dataset_name"] == "synthetic"
+    assert giga["models_info"].startswith("models_info.json") and giga["templates"].startswith("templates/synthetic/")
 
 
 def test_pose_projects_into_visible_mask_and_depth_agrees(tiny_set):
@@ -275,9 +313,11 @@ def test_user_meshes(require_egl, tiny_settings, tmp_path):
     out = tmp_path / "set"
     synthesize(tiny_settings(out, meshes=str(meshes), num_objects=None, num_images=2, images_per_shard=2,
                              template_size=[64, 48], image_size=[64, 48]))
-    info = json.loads((out / "models_info.json").read_text())
-    assert [info[str(i)]["source"] for i in range(1, 5)] == ["a_box.ply", "b_cylinder.stl", "c_sphere.glb",
-                                                              "d_cone.obj"]
+    info = json.loads((out / "models" / "models_info.json").read_text())
+    names = ["a_box.ply", "b_cylinder.stl", "c_sphere.glb", "d_cone.obj"]
+    assert [info[str(i)]["source"] for i in range(1, 5)] == names
+    listed = json.loads((out / "models_info.json").read_text())
+    assert [(e["obj_id"], e["label"]) for e in listed] == list(zip(range(1, 5), names))
     np.testing.assert_allclose(info["1"]["diameter"], 200.0 * np.linalg.norm([1 / 3, 2 / 3, 1]), rtol=1e-4)
     for i in range(1, 5):
         assert len(list((out / "templates" / "synthetic" / f"{i:06d}").glob("*_depth.png"))) == 42

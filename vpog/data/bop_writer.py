@@ -1,12 +1,17 @@
-"""Write BOP-webdataset training shards, exactly as MegaPose-GSO/ShapeNet `train_pbr_web` lays them out.
+"""Write BOP-webdataset training shards, laid out as GigaPose's MegaPose-GSO/ShapeNet `train_pbr_web` release.
 
-Layout written under a dataset root (SPEC §2):
+The shards are BOP images (BOP's per-image files) packed as webdataset tars, the form in which GigaPose
+uses MegaPose-GSO and -ShapeNet (bop_toolkit's `scripts/convert_imagewise_to_webdataset.py`); this is not
+MegaPose's own webdataset format (`shard-%08d.tar` with `segmentation.png`, `infos.json`,
+`object_datas.json`). Layout written under a dataset root (SPEC §2):
 
     ROOT/train_pbr_web/shard-000000.tar     tar members `{key}.{ext}`, key `{scene:06d}_{image:06d}`
     ROOT/key_to_shard.json                  {key: shard id (int)}
-    ROOT/models_info.json                   BOP models info: {"<obj_id>": {"diameter": mm, ...}}
+    ROOT/models_info.json                   GigaPose/MegaPose list: [{"obj_id": 1, "label": ..., "diameter": mm,
+                                            ...BOP fields}, ...] in id order (GigaPose iterates it)
     ROOT/models/obj_000001.ply              BOP model meshes, millimetres, vertex colours
-    ROOT/models/models_info.json            the same models info, where BOP tools look for it
+    ROOT/models/models_info.json            BOP dict: {"<obj_id>": {"diameter": mm, "min_x": ..., ...}}, where
+                                            BOP tools look for it
 
 Members of one image: `rgb.jpg`, `depth.png` (uint16, depth_mm = png * depth_scale), `camera.json`
 `{"cam_K", "depth_scale"}`, `gt.json` `[{"obj_id", "cam_R_m2c", "cam_t_m2c" (mm)}]`, `gt_info.json`
@@ -191,11 +196,27 @@ def models_info_entry(vertices_m: np.ndarray, diameter_m: float, symmetries: dic
     return entry
 
 
+def models_info_list(infos: dict[int, dict]) -> list[dict]:
+    """GigaPose/MegaPose's list form of `infos` {obj_id: BOP entry}: `[{"obj_id": int, "label": str, ...}]`.
+
+    One entry per object in id order; each keeps its BOP fields (diameter in mm, bounding box, symmetries)
+    so readers of either form find them. `label` is the entry's own `label`, else its `source` (the mesh
+    file or procedural name), else `obj_{obj_id:06d}`.
+    """
+    out = []
+    for k in sorted(infos):
+        info = infos[k]
+        entry = {"obj_id": int(k), "label": str(info.get("label", info.get("source", f"obj_{int(k):06d}")))}
+        entry.update((name, value) for name, value in info.items() if name not in ("obj_id", "label"))
+        out.append(entry)
+    return out
+
+
 def write_models_info(root: str | Path, infos: dict[int, dict]) -> None:
-    """ROOT/models_info.json and ROOT/models/models_info.json, keyed by str(obj_id) in id order."""
-    ordered = {str(k): infos[k] for k in sorted(infos)}
-    write_json_atomic(Path(root) / "models_info.json", ordered)
-    write_json_atomic(Path(root) / "models" / "models_info.json", ordered)
+    """ROOT/models/models_info.json in BOP's dict form (keyed by str(obj_id), id order) and ROOT/models_info.json
+    in GigaPose/MegaPose's list form (`models_info_list`), which GigaPose's training loader iterates."""
+    write_json_atomic(Path(root) / "models" / "models_info.json", {str(k): infos[k] for k in sorted(infos)})
+    write_json_atomic(Path(root) / "models_info.json", models_info_list(infos))
 
 
 def write_model_ply(path: str | Path, vertices_m: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> None:

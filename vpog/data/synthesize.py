@@ -1,14 +1,24 @@
-"""Synthesize a training set and its templates from any meshes, in the real MegaPose/GigaPose formats.
+"""Synthesize a training set and its templates from any meshes, in the formats GigaPose trains from.
 
     python -m vpog.data.synthesize out=DIR meshes=DIR|procedural num_objects=16 num_images=320 \
         template_level=1 seed=0 num_workers=2
 
 writes, under `out` (a training-set root, readable by `vpog.data.VPOGDataset` like MegaPose-GSO):
 
-    train_pbr_web/shard-%06d.tar, key_to_shard.json     BOP-webdataset scenes (see bop_writer.py)
-    models_info.json, models/obj_%06d.ply               BOP models (mm) with diameters
+    train_pbr_web/shard-%06d.tar, key_to_shard.json     BOP-webdataset scenes as in GigaPose's MegaPose-GSO /
+                                                        -ShapeNet release (see bop_writer.py)
+    models_info.json                                    GigaPose/MegaPose list [{"obj_id", "label", "diameter"
+                                                        (mm), ...BOP fields}], what GigaPose's loader iterates
+    models/models_info.json, models/obj_%06d.ply        BOP dict {"<obj_id>": {"diameter": mm, ...}}, BOP models (mm)
     templates/{name}/...                                GigaPose templates (see templates.py)
-    synthesis.json                                      the settings used and throughput measured
+    synthesis.json                                      the settings used, throughput measured, and how GigaPose
+                                                        reads the set (`gigapose`)
+
+Scale: templates are rendered at true scale, in the same metric world as the scenes. GigaPose's own
+GSO/ShapeNet templates are rendered 10 times larger and read with `scale_factor: 10`
+(`configs/data/megapose.yaml`); for a synthesized set use `scale_factor: 1` (GigaPose or vpog's
+`data.train_datasets[i].scale_factor`), with the template dir pointing at `templates/` (GigaPose adds the
+set's name).
 
 Objects come from a folder of meshes (obj, ply, glb/gltf, stl, off; ids 1..N in sorted file order) or
 from `procedural` random primitive compositions; both are normalised as GSO (max extent 0.2 m) unless
@@ -44,6 +54,32 @@ CONTENT_KEYS = (
 )
 WORK_DIR = ".vpog_synth"
 MANIFEST = "synthesis.json"
+
+
+def gigapose_reading(p: dict) -> dict:
+    """The manifest's `gigapose` entry: GigaPose data-config values that read this set, and where its files are.
+
+    GigaPose reads `{root_dir}/{dataset_name}/` and `{template_config.dir}/{dataset_name}/`, one name for
+    both: with `out` named like the set (`.../{name}`), root_dir is out's parent and template_config.dir
+    `{out}/templates`. Paths below are relative to `out`.
+    """
+    from .templates import NUM_VIEWS
+
+    name, level = p["name"], int(p["template_level"])
+    w, h = p["template_size"]
+    return {
+        "scale_factor": 1.0,
+        "depth_scale": 10.0,
+        "dataset_name": name,
+        "level_templates": level,
+        "num_templates": NUM_VIEWS[level],
+        "pose_name": "object_poses/OBJECT_ID.npy",
+        "models_info": "models_info.json (list of {obj_id, label, diameter (mm), ...} in id order)",
+        "bop_models_info": "models/models_info.json (BOP dict keyed by str(obj_id), millimetres)",
+        "shards": "train_pbr_web/shard-%06d.tar + key_to_shard.json (BOP-webdataset, depth_mm = png / 10)",
+        "templates": f"templates/{name}/ (GigaPose layout, true scale: the same metres as the scenes)",
+        "template_camera": f"templates/{name}/camera.json ({w}x{h}); GigaPose assumes its own K at 640x480",
+    }
 
 
 def _plain(cfg) -> dict:
@@ -324,7 +360,7 @@ def synthesize(cfg) -> dict:
                     "(%.2f images/s per process) in %.1f s with %d processes",
                     views, stats["template_views_per_second_per_process"] or 0, images,
                     stats["scene_images_per_second_per_process"] or 0, wall, stats["workers"])
-    manifest = {"settings": settings, "complete": True, "stats": stats}
+    manifest = {"settings": settings, "complete": True, "stats": stats, "gigapose": gigapose_reading(p)}
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
