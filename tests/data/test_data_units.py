@@ -155,7 +155,7 @@ def test_shard_index_random_access_and_cache(tmp_path):
     write_shard(root / "train_pbr_web" / "shard-000001.tar", [(k, _sample_members(i)) for i, k in enumerate(keys[3:])])
     (root / "key_to_shard.json").write_text(json.dumps({**{k: 0 for k in keys[:3]}, **{k: 1 for k in keys[3:]},
                                                         "000000_000009": 2}))
-    index = ShardIndex(root)
+    index = ShardIndex(root, check_members=False)  # the members above are stand-ins
     assert [index.key(i) for i in range(index.num_images)] == keys
     assert index.read(4, "rgb") == b"jpg" * 2 and index.read(0, "gt_info").startswith(b"[")
     np.testing.assert_allclose(index.inst_visib, [0.1, 0.3, 0.5, 0.1, 0.3], atol=1e-6)
@@ -164,14 +164,14 @@ def test_shard_index_random_access_and_cache(tmp_path):
         "shard-000000.npz", "shard-000001.npz"]
     # a rewritten shard is indexed again (size/mtime changed); the other comes from the cache
     write_shard(root / "train_pbr_web" / "shard-000001.tar", [(k, _sample_members(4)) for k in keys[3:]])
-    again = ShardIndex(root)
+    again = ShardIndex(root, check_members=False)
     assert again.read(4, "rgb") == b"jpg" * 5
     import pickle
 
     clone = pickle.loads(pickle.dumps(again))  # what a DataLoader worker gets: no shared descriptors
     assert clone.read(0, "rgb") == b"jpg"
     # indexing in worker processes gives the same index
-    parallel = ShardIndex(root, cache_dir=tmp_path / "cache2", num_workers=2)
+    parallel = ShardIndex(root, cache_dir=tmp_path / "cache2", num_workers=2, check_members=False)
     assert np.array_equal(parallel.offsets, again.offsets) and np.array_equal(parallel.inst_visib, again.inst_visib)
 
 

@@ -199,10 +199,11 @@ def test_bad_data_is_skipped_and_counted(tiny_set, tmp_path):
     ds = VPOGDataset(config(root), train=True)
     stats = ds.index_stats["synthetic"]
     assert stats["missing_member"] == 1 and stats["corrupt_shard"] == 2 and stats["missing_key"] >= 2
+    assert stats["bad_member"] == 1  # the cut mask_visib.json is caught by the index
     loader = torch.utils.data.DataLoader(ds, batch_size=len(ds), collate_fn=collate_vpog)
     batch = next(iter(loader))
     assert len(batch) == len(ds) and batch.masks[:, 0].flatten(1).any(1).all()
-    for reason in ("bad_json", "bad_depth", "empty_mask"):
+    for reason in ("bad_depth", "empty_mask"):
         assert batch.skipped.get(reason, 0) >= 1, (reason, batch.skipped)
     assert sum(ds.skip_counts.values()) == sum(batch.skipped.values())
 
