@@ -47,6 +47,11 @@ def test_obj_vertices(tmp_path):
 
 
 def test_megapose_mesh_paths(tmp_path):
+    gigapose = tmp_path / "models" / "models_normalized" / "abc" / "meshes" / "model.obj"
+    gigapose.parent.mkdir(parents=True)
+    gigapose.write_text("v 0 0 0\n")
+    assert dm.megapose_mesh_path(tmp_path, {"gso_id": "abc"}) == gigapose
+    gigapose.unlink()
     gso = tmp_path / "models_normalized" / "abc" / "meshes" / "model.obj"
     gso.parent.mkdir(parents=True)
     gso.write_text("v 0 0 0\n")

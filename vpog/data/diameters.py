@@ -7,9 +7,10 @@ evaluation threshold scale with it, so it must be the real one, in the query wor
 Where a training set's diameters come from, in order (`TrainingSource.diameter`):
 
 1. `models_info.json`'s `diameter` (millimetres, BOP's meaning): vpog's own sets and BOP sets;
-2. the object's mesh, where the set's layout has one: MegaPose-GSO `models_normalized/{gso_id}/meshes/
-   model.obj` and MegaPose-ShapeNet `models_orig/{synset}/{source}/models/model_normalized.obj`, both
-   normalised meshes that MegaPose scales by 0.1 into its scenes (megapose `gso_dataset.py` and
+2. the object's mesh, where the set's layout has one: MegaPose-GSO `models/models_normalized/{gso_id}/
+   meshes/model.obj` and MegaPose-ShapeNet `models/models_orig/{synset}/{source}/models/
+   model_normalized.obj` (GigaPose's download layout; without `models/` as MegaPose has them), normalised
+   meshes that MegaPose scales by 0.1 into its scenes (megapose `gso_dataset.py` and
    `shapenet_object_dataset.py`, `scaling_factor=0.1`);
 3. the templates themselves: the depth maps of `num_views` well-spread views back-projected into the model
    frame (query-world metres) are points of the object's surface, and their diameter is the object's to
@@ -19,7 +20,8 @@ GigaPose's `diameter.json` is not used: it holds twice the bounding-box diagonal
 in its 10x template world (its `render_gso_templates.py`, `get_obj_diameter`), the camera distance of
 its templates rather than a diameter (an over-estimate of up to 2 x sqrt(3) after conversion).
 
-Results are cached per set (`DiameterCache`), since measuring ~50k ShapeNet objects takes minutes.
+Results are cached per set (`DiameterCache`): measuring an object on its templates takes under a second
+of CPU (24 views at 640x480), a few hours of CPU for ShapeNet's ~50k objects, once.
 """
 
 from __future__ import annotations
@@ -42,26 +44,30 @@ DIAMETER_VIEWS = 24  # template views back-projected to measure a diameter witho
 def point_set_diameter(points: np.ndarray) -> float:
     """Largest distance between two of `points` [N, 3] (exact). 0 for fewer than two points.
 
-    The two farthest points lie on the convex hull, so the search runs over the hull's vertices (scipy's
-    qhull) when scipy is installed, else over the points that can still reach the best distance found
-    among extreme points along 64 directions.
+    The two farthest points lie on the convex hull, so the search runs over `hull_points`.
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     pts = pts[np.isfinite(pts).all(axis=1)]
     if len(pts) < 2:
         return 0.0
-    pts = np.unique(pts, axis=0)
-    if len(pts) > 64:
-        try:
-            from scipy.spatial import ConvexHull, QhullError
+    return _max_pairwise(hull_points(pts))
 
-            try:
-                pts = pts[ConvexHull(pts).vertices]
-            except (QhullError, ValueError):  # flat or degenerate sets: keep every point
-                pass
-        except ImportError:
-            pts = _prune(pts)
-    return _max_pairwise(pts)
+
+def hull_points(points: np.ndarray) -> np.ndarray:
+    """A subset of finite `points` [N, 3] that holds every vertex of their convex hull (so their farthest
+    pair): the hull's vertices by scipy's qhull when scipy is installed, else the points that can still
+    reach the best distance found among extreme points along 64 directions."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if len(pts) <= 64:
+        return pts
+    try:
+        from scipy.spatial import ConvexHull, QhullError
+    except ImportError:
+        return _prune(pts)
+    try:
+        return pts[ConvexHull(pts).vertices]
+    except (QhullError, ValueError):  # flat or degenerate sets
+        return _prune(pts)
 
 
 def _prune(pts: np.ndarray) -> np.ndarray:
@@ -106,14 +112,15 @@ def read_mesh_vertices(path: str | os.PathLike) -> np.ndarray:
 def megapose_mesh_path(root: Path, info: dict) -> Path | None:
     """The normalised mesh of a MegaPose-GSO / -ShapeNet object from its models_info entry, if present."""
     if "gso_id" in info:
-        path = root / "models_normalized" / str(info["gso_id"]) / "meshes" / "model.obj"
-        return path if path.is_file() else None
-    if "shapenet_synset_id" in info and "shapenet_source_id" in info:
-        rel = Path(str(info["shapenet_synset_id"])) / str(info["shapenet_source_id"]) / "models" / \
+        rel = Path("models_normalized") / str(info["gso_id"]) / "meshes" / "model.obj"
+    elif "shapenet_synset_id" in info and "shapenet_source_id" in info:
+        rel = Path("models_orig") / str(info["shapenet_synset_id"]) / str(info["shapenet_source_id"]) / "models" / \
             "model_normalized.obj"
-        for folder in ("models_orig", "models"):
-            if (root / folder / rel).is_file():
-                return root / folder / rel
+    else:
+        return None
+    for base in (root / "models", root):  # GigaPose's download layout, then MegaPose's
+        if (base / rel).is_file():
+            return base / rel
     return None
 
 

@@ -42,6 +42,7 @@ from .diameters import (
     MEGAPOSE_MESH_SCALE,
     DiameterCache,
     backproject_to_model,
+    hull_points,
     megapose_mesh_path,
     point_set_diameter,
     read_mesh_vertices,
@@ -281,7 +282,7 @@ class TrainingSource:
         points = []
         for v in spread_views(dirs, self.diameter_views):
             _, depth = self.read_template(obj_id, int(v))
-            points.append(backproject_to_model(depth, self.template_K, poses[v]))
+            points.append(hull_points(backproject_to_model(depth, self.template_K, poses[v])))
         d = point_set_diameter(np.concatenate(points)) if points else 0.0
         if not d > 0:
             raise ValueError(f"training set '{self.name}': object {obj_id} has no diameter in models_info.json, "
