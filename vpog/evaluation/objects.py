@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from vpog.data.crop import box_from_mask, crop_matrix, warp_crop
-from vpog.data.templates import load_view
 from vpog.evaluation.inference import ObjectTemplates
 from vpog.evaluation.metrics import symmetry_transforms
 from vpog.geometry import CROP_SIZE, backproject, invert_pose, transform_points
@@ -129,7 +128,8 @@ class ObjectLibrary:
         K_full = np.asarray(src.template_K, dtype=np.float64)
         imgs, masks, depths, Ks = [], [], [], []
         for v in range(len(poses)):
-            rgb, mask, depth = load_view(src.template_root, src.name, obj_id, v)
+            rgba, depth = src.read_template(obj_id, v)  # query-world metres (the set's scale_factor applied)
+            rgb, mask = np.ascontiguousarray(rgba[..., :3]), rgba[..., 3] >= 128
             if mask.any():
                 M = crop_matrix(box_from_mask(mask), size)
             else:  # an empty view (object out of the frame): the whole image, nothing on it
