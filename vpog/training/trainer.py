@@ -20,8 +20,7 @@ Shutdown order (`close(abort=...)`, called by `vpog.train` in a finally, and by 
 
 1. the DataLoader workers of the training iterator are stopped and joined;
 2. the metric sinks close: the progress bar, TensorBoard's writer thread (flushed), metrics.jsonl;
-3. the previous SIGTERM / SIGUSR1 / SIGINT handlers come back;
-4. the DDP wrapper (the only holder of the process group besides torch.distributed) is dropped and
+3. the DDP wrapper (the only holder of the process group besides torch.distributed) is dropped and
    collected, then the process group is left, while Python is fully alive:
    - finished run or signal stop (`abort=False`): every rank has passed the final checkpoint's
      barrier, so no collective is pending; `destroy_process_group` frees the group and joins its
@@ -29,6 +28,9 @@ Shutdown order (`close(abort=...)`, called by `vpog.train` in a finally, and by 
    - exception (`abort=True`; also a second Ctrl-C): the group is aborted, bounded in time, so a
      collective that the other ranks will never join cannot keep this rank from exiting (torchrun then
      sees it fail and stops the others);
+4. the previous SIGTERM / SIGUSR1 / SIGINT handlers come back (last, so that the SIGTERM torchrun sends
+   to the other ranks when one rank failed only gets recorded while they tear down, and each rank
+   still exits with its own code);
 5. `vpog.train` returns the exit code (0 finished or stopped by a signal, 1 an error, 130 a second
    Ctrl-C); if a process-group thread were still alive at that point, it exits through `os._exit`
    after flushing, because a gloo thread dropping a collective's tensors during interpreter
@@ -513,12 +515,12 @@ class Trainer:
             shutdown()
         if hasattr(self, "metrics"):
             self.metrics.close()
-        if hasattr(self, "stop"):
-            self.stop.uninstall()
         if hasattr(self, "model"):
             self.model = _unwrap(self.model)  # DDP holds the process group
         timeout = self.config.faults.process_group_timeout_s if hasattr(self, "config") else 60.0
         D.destroy_distributed(abort=abort, timeout_s=min(timeout, 60.0))
+        if hasattr(self, "stop"):  # last: torchrun's SIGTERM to the other ranks after one failed must not
+            self.stop.uninstall()  # kill them mid-teardown (-15); they finish and exit with their own code
 
 
 class _Window:
