@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -37,7 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     init_logger()
     cfg = parse_cli("train", argv, description=DESCRIPTION)
 
-    from vpog.training.distributed import process_group_threads
     from vpog.training.trainer import Trainer
 
     trainer, code = None, 1
@@ -53,13 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if trainer is not None:
             trainer.close(abort=code != 0)
-    if process_group_threads():  # never finalise the interpreter under live gloo/NCCL threads
-        _exit_now(code)
     return code
 
 
-def _exit_now(code: int) -> None:
-    """Flush every log and exit at once, without interpreter finalisation."""
+def exit_process(code: int) -> None:
+    """End the process with `code`; a failed run, or one with a process-group thread still alive, ends
+    at once (logs flushed, no interpreter finalisation; see the shutdown order in trainer.py)."""
+    from vpog.training.distributed import process_group_threads
+
+    if code == 0 and not process_group_threads():
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's teardown SIGTERM: this rank is leaving anyway
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -70,4 +74,4 @@ def _exit_now(code: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -18,7 +18,7 @@ def test_point_set_diameter_is_exact(shape):
     rng = np.random.default_rng(3)
     pts = {"gauss": rng.normal(size=(700, 3)) * [3.0, 1.0, 0.2],
            "sphere": (lambda v: v / np.linalg.norm(v, axis=1, keepdims=True))(rng.normal(size=(500, 3))),
-           "flat": np.c_[rng.normal(size=(300, 2)), np.zeros(300)],  # coplanar: qhull fails, all points kept
+           "flat": np.c_[rng.normal(size=(300, 2)), np.zeros(300)],  # coplanar: plain qhull rejects it, "QJ" joggles
            "two": np.array([[0.0, 0, 0], [1.0, 2.0, 2.0]])}[shape]
     assert dm.point_set_diameter(pts) == pytest.approx(_brute(pts), rel=1e-12)
 

@@ -1,7 +1,8 @@
 """One rank of the process-group shutdown test (run by test_shutdown.py under torchrun, 2 CPU ranks).
 
-Prints one JSON line `{"rank", "threads_alive", "threads_after", "clean"}`: process-group threads seen
-while the group is alive (the detector works), and after vpog's teardown (none may be left). Argument:
+Prints one JSON line `{"rank", "threads_alive", "threads_after", "clean", "group_in_defaults"}`:
+process-group threads seen while the group is alive (the detector works), after vpog's teardown (none
+may be left), and whether `torch.distributed.nn.functional` kept the group in its default arguments. Argument:
 "destroy" (a finished run) or "abort" (the error path).
 """
 
@@ -11,6 +12,7 @@ import json
 import sys
 
 import torch
+from torch.distributed import ProcessGroup
 from torch.nn.parallel import DistributedDataParallel
 
 from vpog.training import distributed as D
@@ -18,6 +20,9 @@ from vpog.training import distributed as D
 
 def main(mode: str) -> None:
     ctx = D.init_distributed(D.MachineConfig(device="cpu", dist_backend="gloo", precision="fp32"), 60.0)
+    import torch.distributed.nn.functional as F  # what DDP's first construction imports
+
+    captured = F.all_reduce.__defaults__  # holds the group if the module was first imported after init
     model = DistributedDataParallel(torch.nn.Linear(16, 16))  # its first construction imports torch._dynamo
     for _ in range(3):
         model(torch.randn(4, 16)).sum().backward()
@@ -27,7 +32,8 @@ def main(mode: str) -> None:
     del model, gathered
     clean = D.destroy_distributed(abort=mode == "abort", timeout_s=30.0)
     print(json.dumps({"rank": ctx.rank, "threads_alive": alive, "threads_after": D.process_group_threads(),
-                      "clean": clean}), flush=True)
+                      "clean": clean,
+                      "group_in_defaults": any(isinstance(d, ProcessGroup) for d in captured)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ Where a training set's diameters come from, in order (`TrainingSource.diameter`)
    model_normalized.obj` (GigaPose's download layout; without `models/` as MegaPose has them), normalised
    meshes that MegaPose scales by 0.1 into its scenes (megapose `gso_dataset.py` and
    `shapenet_object_dataset.py`, `scaling_factor=0.1`);
-3. the templates themselves: the depth maps of `num_views` well-spread views back-projected into the model
+3. the templates themselves: the depth maps of `DIAMETER_VIEWS` well-spread views back-projected into the model
    frame (query-world metres) are points of the object's surface, and their diameter is the object's to
    about a pixel's footprint (within 1% at GigaPose's 640x480).
 
 GigaPose's `diameter.json` is not used: it holds twice the bounding-box diagonal of the normalised mesh
 in its 10x template world (its `render_gso_templates.py`, `get_obj_diameter`), the camera distance of
-its templates rather than a diameter (an over-estimate of up to 2 x sqrt(3) after conversion).
+its templates rather than a diameter (even halved and converted, a bounding-box diagonal exceeds the
+diameter by up to sqrt(3), for a sphere).
 
 Results are cached per set (`DiameterCache`): measuring an object on its templates takes under a second
 of CPU (24 views at 640x480), a few hours of CPU for ShapeNet's ~50k objects, once.
@@ -33,6 +34,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from vpog.geometry import backproject, invert_pose, transform_points
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +68,12 @@ def hull_points(points: np.ndarray) -> np.ndarray:
         from scipy.spatial import ConvexHull, QhullError
     except ImportError:
         return _prune(pts)
-    try:
-        return pts[ConvexHull(pts).vertices]
-    except (QhullError, ValueError):  # flat or degenerate sets
-        return _prune(pts)
+    for options in (None, "QJ"):  # "QJ" joggles flat (coplanar) sets, which plain qhull rejects
+        try:
+            return pts[ConvexHull(pts, qhull_options=options).vertices]
+        except (QhullError, ValueError):
+            continue
+    return _prune(pts)
 
 
 def _prune(pts: np.ndarray) -> np.ndarray:
@@ -139,21 +145,15 @@ def spread_views(directions: np.ndarray, num: int) -> np.ndarray:
 
 
 def backproject_to_model(depth_m: np.ndarray, K: np.ndarray, T_m2c: np.ndarray, stride: int = 1) -> np.ndarray:
-    """Pixels with depth > 0 of a depth map [H, W] (metres) -> model-frame points [N, 3] (metres).
+    """Pixels with depth > 0 of a depth map [H, W] (metres) -> model-frame points [N, 3] float64 (metres).
 
-    Pixel (u, v) is at continuous coordinates (u, v) (centres at integers, OpenCV); `stride` keeps every
-    `stride`-th row and column.
+    `stride` keeps every `stride`-th row and column. Camera conventions: `vpog.geometry`.
     """
-    d = depth_m[::stride, ::stride]
+    d = np.asarray(depth_m)[::stride, ::stride]
     vs, us = np.nonzero(d > 0)
-    z = d[vs, us].astype(np.float64)
-    u, v = us * float(stride), vs * float(stride)
-    K = np.asarray(K, dtype=np.float64)
-    x = (u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) / K[0, 0] * z
-    y = (v - K[1, 2]) / K[1, 1] * z
-    cam = np.stack([x, y, z], axis=1)
-    R, t = T_m2c[:3, :3].astype(np.float64), T_m2c[:3, 3].astype(np.float64)
-    return (cam - t) @ R  # R^T (X - t), row vectors
+    uv = torch.from_numpy(np.stack([us, vs], axis=1) * float(stride))
+    cam = backproject(uv, torch.from_numpy(d[vs, us].astype(np.float64)), torch.as_tensor(K, dtype=torch.float64))
+    return transform_points(invert_pose(torch.as_tensor(T_m2c, dtype=torch.float64)), cam).numpy()
 
 
 class DiameterCache:

@@ -9,7 +9,7 @@ sample is then a few `os.pread` calls at known offsets: no tar parsing, no full 
 Broken input never stops the scan: a truncated or corrupt tar keeps the members read before the damage,
 a missing member or bad JSON drops that image, and everything dropped is counted in `IndexStats`.
 
-Member checks (`check_members=True`; off by default, `CHECK_MEMBERS_DEFAULT`): every required member of
+Member checks (`check_members`, on by default: `CHECK_MEMBERS_DEFAULT`): every required member of
 an image is checked cheaply at indexing, without decoding an image: `rgb` starts with the JPEG or PNG
 signature and is longer than it; `depth.png` is a PNG whose IHDR (first 33 bytes, CRC checked) says
 16-bit greyscale (colour type 0) of nonzero size; `camera.json` is a JSON object with a 9-number `cam_K`
@@ -360,12 +360,11 @@ def _cache_valid(cache: Path, tar: Path, check_members: bool = CHECK_MEMBERS_DEF
     return arrays
 
 
-def _index_shard_cached(args: tuple) -> dict[str, np.ndarray]:
+def _index_shard_cached(args: tuple[str, str, list[str] | None, bool]) -> dict[str, np.ndarray]:
     """Index one shard through its cache file, under a per-shard lock (safe with several ranks).
 
-    `args`: (tar path, cache path, expected keys or None[, check_members])."""
-    tar_path, cache_path, expected = Path(args[0]), Path(args[1]), args[2]
-    check = bool(args[3]) if len(args) > 3 else CHECK_MEMBERS_DEFAULT
+    `args`: (tar path, cache path, expected keys or None, check_members)."""
+    tar_path, cache_path, expected, check = Path(args[0]), Path(args[1]), args[2], bool(args[3])
     arrays = _cache_valid(cache_path, tar_path, check)
     if arrays is not None:
         return arrays

@@ -156,10 +156,10 @@ class TrainingSource:
         self._poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._diameters = DiameterCache(self.index.cache_dir / "diameters.json", self.scale_factor)
         self._measure_diameters(self.objects, index_workers, progress)
-        how = sorted({h for o in self.objects for h in [self._diameters.values[o][1]]})
+        measured = [self._diameters.values[o] for o in self.objects]
         logger.info("training set '%s': scale_factor %g, %d object diameters (from %s), median %.4f m", name,
-                    self.scale_factor, len(self.objects), ", ".join(how),
-                    float(np.median([self._diameters.values[o][0] for o in self.objects])))
+                    self.scale_factor, len(measured), ", ".join(sorted({how for _, how in measured})),
+                    float(np.median([d for d, _ in measured])))
 
     def __len__(self) -> int:
         return len(self.instances)

@@ -320,7 +320,7 @@ def process_group_threads() -> list[str]:
 
 # gloo's worker and transport threads, NCCL's watchdog and heartbeat monitor (kernel thread names,
 # at most 15 characters)
-_GROUP_THREAD_PREFIXES = ("pt_gloo", "gloo_", "pt_nccl", "pt_nccl_watchdg", "pt_nccl_heartbt")
+_GROUP_THREAD_PREFIXES = ("pt_gloo", "gloo_", "pt_nccl")
 
 
 def destroy_distributed(abort: bool = False, timeout_s: float = 60.0) -> bool:

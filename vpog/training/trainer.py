@@ -31,10 +31,12 @@ Shutdown order (`close(abort=...)`, called by `vpog.train` in a finally, and by 
 4. the previous SIGTERM / SIGUSR1 / SIGINT handlers come back (last, so that the SIGTERM torchrun sends
    to the other ranks when one rank failed only gets recorded while they tear down, and each rank
    still exits with its own code);
-5. `vpog.train` returns the exit code (0 finished or stopped by a signal, 1 an error, 130 a second
-   Ctrl-C); if a process-group thread were still alive at that point, it exits through `os._exit`
-   after flushing, because a gloo thread dropping a collective's tensors during interpreter
-   finalisation aborts the process (SIGABRT, see `distributed._import_group_capturing_modules`).
+5. `python -m vpog.train` exits with the code (0 finished or stopped by a signal, 1 an error, 130 a
+   second Ctrl-C). A failed run exits at once through `os._exit` after flushing the logs: interpreter
+   finalisation takes long enough for torchrun's SIGTERM (sent to every rank as soon as one failed) to
+   land in it and turn the rank's 1 into -15. So does any run that still has a process-group thread
+   alive, because a gloo thread dropping a collective's tensors during finalisation aborts the process
+   (SIGABRT, see `distributed._import_group_capturing_modules`).
 
 References: pytorch/torchtitan `trainer.py` (Trainer with nested configs; the loop reads load, step,
 save, validate), facebookresearch/vggt `training/trainer.py`, naver/dust3r `dust3r/training.py`.
@@ -503,8 +505,8 @@ class Trainer:
         return summary
 
     def close(self, abort: bool = False) -> None:
-        """Stop loader workers, close the logs, restore signal handlers, leave the process group (in that
-        order; see the module docstring). `abort=True` on an error path. Idempotent; the unwrapped
+        """Stop loader workers, close the logs, leave the process group, restore the signal handlers (in
+        that order; see the module docstring). `abort=True` on an error path. Idempotent; the unwrapped
         model stays usable."""
         if self._closed:
             return
