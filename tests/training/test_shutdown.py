@@ -23,21 +23,22 @@ WORKER = Path(__file__).resolve().parent / "shutdown_worker.py"
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names need Linux /proc")
 
 
-def _run(mode: str) -> list[dict]:
+def _run(mode: str, out_dir: Path) -> list[dict]:
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     env.pop("TORCHELASTIC_RESTART_COUNT", None)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           str(WORKER), mode], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+                           str(WORKER), mode, str(out_dir)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert sorted(r["rank"] for r in lines) == [0, 1], proc.stdout
-    return lines
+    reports = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
+    assert sorted(r["rank"] for r in reports) == [0, 1], proc.stdout[-3000:] + proc.stderr[-3000:]
+    return reports
 
 
 @pytest.mark.parametrize("mode", ["destroy", "abort"])
-def test_leaving_the_group_joins_its_threads(mode):
-    for rank in _run(mode):
+def test_leaving_the_group_joins_its_threads(mode, tmp_path):
+    for rank in _run(mode, tmp_path):
         assert any(name.startswith("pt_gloo") for name in rank["threads_alive"]), rank  # the detector sees them
         assert rank["threads_after"] == [], rank
         assert rank["clean"] is True
