@@ -37,3 +37,12 @@ def _map_source_tree_kernels() -> None:
 
 
 _map_source_tree_kernels()
+
+
+def __getattr__(name: str):
+    """`vpog.PoseEstimator` is imported on first use (it pulls in torch and the model)."""
+    if name == "PoseEstimator":
+        from vpog.estimator import PoseEstimator
+
+        return PoseEstimator
+    raise AttributeError(f"module 'vpog' has no attribute {name!r}")

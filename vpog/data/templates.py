@@ -140,3 +140,41 @@ def load_view(root: str | Path, name: str, obj_id: int, view: int) -> tuple[np.n
     """One stored template -> (rgb uint8 [H, W, 3], mask bool [H, W] (alpha >= 128), depth float32 metres [H, W])."""
     rgba, depth = read_view(root, name, obj_id, view)
     return np.ascontiguousarray(rgba[..., :3]), rgba[..., 3] >= 128, depth
+
+
+class TemplateSet:
+    """One named GigaPose template set read for inference (`vpog.evaluation.ObjectLibrary` reads it):
+    poses and depths in metres (the stored millimetres / 1000; true-scale templates, scale factor 1)."""
+
+    def __init__(self, root: str | Path, name: str):
+        self.template_root = Path(root)
+        self.name = name
+        if not (self.template_root / name).is_dir():
+            raise FileNotFoundError(f"template set {self.template_root / name} does not exist")
+        self.template_K, self.template_width, self.template_height = read_camera(self.template_root, name)
+        self._poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def has_object(self, obj_id: int) -> bool:
+        return pose_path(self.template_root, self.name, obj_id).is_file() and template_dir(
+            self.template_root, self.name, obj_id).is_dir()
+
+    def objects(self) -> list[int]:
+        folder = self.template_root / self.name / "object_poses"
+        return sorted(int(p.stem) for p in folder.glob("*.npy") if p.stem.isdigit()) if folder.is_dir() else []
+
+    def template_poses(self, obj_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(T_m2c [V, 4, 4] float32 metres, viewing directions [V, 3] float64) of an object's templates."""
+        if obj_id not in self._poses:
+            path = pose_path(self.template_root, self.name, obj_id)
+            if not path.is_file():
+                raise FileNotFoundError(f"template poses {path} of object {obj_id} are missing")
+            poses = np.load(path).astype(np.float64)
+            if poses.ndim != 3 or poses.shape[1:] != (4, 4) or not np.isfinite(poses).all():
+                raise ValueError(f"{path} must hold finite (V, 4, 4) poses, got shape {poses.shape}")
+            poses[:, :3, 3] /= 1000.0
+            self._poses[obj_id] = (poses.astype(np.float32), viewing_directions(poses))
+        return self._poses[obj_id]
+
+    def read_template(self, obj_id: int, view: int) -> tuple[np.ndarray, np.ndarray]:
+        """One view -> (rgba uint8 [H, W, 4], depth float32 [H, W] metres)."""
+        return read_view(self.template_root, self.name, obj_id, view)

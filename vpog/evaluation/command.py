@@ -117,42 +117,53 @@ def data_from_checkpoint(cfg, saved: dict | None, argv: list[str]):
     return out
 
 
+def load_vpog(state: dict | None, saved: dict | None, model_cfg: dict | None, seed: int = 0,
+              where: str = "checkpoint") -> torch.nn.Module:
+    """A VPOG network on the CPU: the checkpoint's saved architecture when it has one (else `model_cfg`),
+    its weights from `state` (None: seeded random weights). ValueError when the weights do not fit."""
+    from vpog.model import VPOG as VPOGNet
+    from vpog.model import vpog_config_from_dict
+
+    model_dict = dict(model_cfg or {})
+    if saved and isinstance(saved.get("model"), dict):
+        if model_dict and saved["model"] != model_dict:
+            log.info("using the checkpoint's model config (%s) instead of model=%s",
+                     saved["model"].get("name"), model_dict.get("name"))
+        model_dict = dict(saved["model"])
+    if not model_dict:
+        raise ValueError(f"{where}: saves no model config; give the architecture (model=...)")
+    model_dict["encoder"] = dict(model_dict.get("encoder", {}), checkpoint=None)  # weights come from `state`
+    mcfg = vpog_config_from_dict(model_dict)
+    torch.manual_seed(int(seed))
+    net = VPOGNet(mcfg)
+    if state is not None:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{where} does not fit the model {mcfg.name}: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return net
+
+
 def build_models(cfg, device: torch.device, untrained: bool, checkpoint=None) -> tuple[dict[str, torch.nn.Module], str]:
     """{method: model} in eval mode on `device`, and a name for the run.
 
     checkpoint: `read_checkpoint(cfg.checkpoint)` when already read.
     """
-    from vpog.model import VPOG as VPOGNet
-    from vpog.model import vpog_config_from_dict
-
     state, saved, file = (None, None, None)
     if checkpoint is not None:
         state, saved, file = checkpoint
     elif cfg.checkpoint is not None:
         state, saved, file = read_checkpoint(cfg.checkpoint)
     model_dict = dict(_plain(cfg.model))
-    if saved and isinstance(saved.get("model"), dict):
-        if saved["model"] != model_dict:
-            log.info("using the checkpoint's model config (%s) instead of model=%s",
-                     saved["model"].get("name"), model_dict.get("name"))
-        model_dict = dict(saved["model"])
-    model_dict["encoder"] = dict(model_dict.get("encoder", {}), checkpoint=None)  # weights come from `state`
-    mcfg = vpog_config_from_dict(model_dict)
     models: dict[str, torch.nn.Module] = {}
-    torch.manual_seed(int(cfg.seed))
-    net = VPOGNet(mcfg)
+    net = load_vpog(state, saved, model_dict, int(cfg.seed), where=f"checkpoint={cfg.checkpoint}")
     if state is not None:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint={cfg.checkpoint} does not fit the model {mcfg.name}: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         log.info("loaded %s", file)
     else:
         log.warning("checkpoint=null: evaluating an untrained model")
     models[VPOG] = net.to(device).eval()
     if untrained and state is not None:
-        torch.manual_seed(int(cfg.seed) + 1)
-        models[UNTRAINED] = VPOGNet(mcfg).to(device).eval()
+        models[UNTRAINED] = load_vpog(None, saved, model_dict, int(cfg.seed) + 1).to(device).eval()
     name = cfg.name or (file.parent.parent.name + "_" + file.stem if file is not None and
                         file.parent.name == "checkpoints" else (file.stem if file is not None else "untrained"))
     return models, name
