@@ -48,7 +48,7 @@ def _key_exists(cfg, key: str) -> bool:
     parent_path, _, last = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
     if isinstance(parent, DictConfig):
-        return last in parent
+        return last in parent.keys()  # `in parent` is False for a mandatory value (???) not set yet
     if isinstance(parent, ListConfig):
         return last.isdigit() and int(last) < len(parent)
     return False

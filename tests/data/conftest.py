@@ -6,23 +6,6 @@ import pytest
 from synthetic_sets import tiny_set_settings
 
 
-def _egl_skip_reason() -> str | None:
-    try:
-        from vpog.data.render import egl_available
-    except Exception as exc:  # pyrender/trimesh not installed
-        return f"rendering stack unavailable: {exc}"
-    ok, reason = egl_available()
-    return None if ok else reason
-
-
-@pytest.fixture(scope="session")
-def require_egl():
-    """Skip (with the reason) where headless EGL rendering is unavailable."""
-    reason = _egl_skip_reason()
-    if reason:
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def tiny_settings():
     """settings(out, **overrides) -> synthesize.yaml keys of the test set: 2 procedural objects, 9 scenes of
