@@ -1,7 +1,8 @@
-"""Synthesize a training set and its templates from any meshes, in the formats GigaPose trains from.
+"""Synthesize a training set and its templates from any meshes, in the formats GigaPose trains from, and
+optionally a BOP test split of the same objects.
 
     python -m vpog.data.synthesize out=DIR meshes=DIR|procedural num_objects=16 num_images=320 \
-        template_level=1 seed=0 num_workers=2
+        template_level=1 seed=0 num_workers=2 [format=bop num_test_images=20 test_images_per_scene=10]
 
 writes, under `out` (a training-set root, readable by `vpog.data.VPOGDataset` like MegaPose-GSO):
 
@@ -12,7 +13,20 @@ writes, under `out` (a training-set root, readable by `vpog.data.VPOGDataset` li
     models/models_info.json, models/obj_%06d.ply        BOP dict {"<obj_id>": {"diameter": mm, ...}}, BOP models (mm)
     templates/{name}/...                                GigaPose templates (see templates.py)
     synthesis.json                                      the settings used, throughput measured, and how GigaPose
-                                                        reads the set (`gigapose`)
+                                                        reads the set (`gigapose`), with format=bop also what the
+                                                        test split holds (`bop`)
+
+and with `format=bop` (default `gigapose`: the above only) also a test split in BOP's "scenes" layout, as
+the BOP site ships test sets, readable by BOP tools and `vpog.bop` (see bop_scenes.py):
+
+    test/{scene_id:06d}/scene_camera.json, scene_gt.json, scene_gt_info.json, rgb/{im_id:06d}.png,
+        depth/{im_id:06d}.png (depth_mm = png * 0.1), mask/ and mask_visib/{im_id:06d}_{gt_id:06d}.png
+    test_targets_bop19.json                             instances with visib_fract >= 0.1, per image and object
+    camera.json                                         BOP's dataset camera {"cx", "cy", "depth_scale", "fx", ...}
+
+`num_test_images` images of `image_size`, `test_images_per_scene` to a scene folder, each an independent
+random scene like the training images (same scene settings) but drawn from other seeds, showing objects
+from `test_object_ids` (null: all). The models are the set's `models/` (mm).
 
 Scale: templates are rendered at true scale, in the same metric world as the scenes. GigaPose's own
 GSO/ShapeNet templates are rendered 10 times larger and read with `scale_factor: 10`
@@ -22,10 +36,15 @@ set's name).
 
 Objects come from a folder of meshes (obj, ply, glb/gltf, stl, off; ids 1..N in sorted file order) or
 from `procedural` random primitive compositions; both are normalised as GSO (max extent 0.2 m) unless
-`normalize=false`. Work is split into tasks (one per object: model + templates; one per shard: scenes)
-run by `num_workers` processes, each with its own EGL context. Every task's output appears atomically,
-so a rerun skips finished objects and shards (resumable); every task draws from a generator seeded by
-(seed, task), so a set is the same whatever the worker count (deterministic for a seed).
+`normalize=false`. Work is split into tasks (one per object: model + templates; one per shard: scenes;
+one per test scene folder) run by `num_workers` processes, each with its own EGL context. Every task's
+output appears atomically, so a rerun skips finished objects, shards and test scenes (resumable); every
+image draws from a generator seeded by (seed, stream, image), training and test images from different
+streams, so a set is the same whatever the worker count (deterministic for a seed).
+
+A rerun into the same `out` must keep the settings that change what is written (`CONTENT_KEYS`), else it
+is refused. The test settings count only between two `format=bop` runs: a `format=gigapose` run (the
+trainer's) leaves an existing test split alone, and `format=bop` over a `gigapose` set adds the split.
 
 Config: `vpog/config/synthesize.yaml`; the trainer calls `ensure_synthetic_dataset(cfg.data.synthesize)`.
 """
@@ -35,7 +54,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import time
@@ -47,11 +65,17 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 # Settings that change what is written: a rerun into the same `out` must keep them.
-CONTENT_KEYS = (
+TRAIN_KEYS = (
     "name", "meshes", "num_objects", "num_images", "images_per_shard", "image_size", "template_level",
     "template_size", "template_lighting", "template_distance_factor", "normalize", "max_extent", "mesh_units",
     "objects_per_image", "distractors_per_image", "occluder_prob", "apparent_size", "texture_prob", "seed",
 )
+# The BOP test split's settings and their defaults (configs and manifests older than the split lack them).
+TEST_DEFAULTS = {"format": "gigapose", "num_test_images": 20, "test_images_per_scene": 10, "test_object_ids": None}
+TEST_KEYS = tuple(TEST_DEFAULTS)
+CONTENT_KEYS = TRAIN_KEYS + TEST_KEYS
+FORMATS = ("gigapose", "bop")
+TRAIN_STREAM, TEST_STREAM = 11, 23  # seed-sequence tags: training and test images never share a generator
 WORK_DIR = ".vpog_synth"
 MANIFEST = "synthesis.json"
 
@@ -82,6 +106,31 @@ def gigapose_reading(p: dict) -> dict:
     }
 
 
+def bop_reading(p: dict, scenes: list[tuple[int, int]], targets: list[dict]) -> dict:
+    """The manifest's `bop` entry (format=bop): what the BOP test split holds and where (paths relative to
+    `out`, the BOP dataset root)."""
+    from .bop_scenes import CAMERA_FILE, DEPTH_SCALE, MIN_VISIB_FRACT, SPLIT, TARGETS_FILE, VISIB_DELTA_MM
+
+    return {
+        "complete": True,
+        "split": SPLIT,
+        "scene_ids": [s for s, _ in scenes],
+        "num_images": int(p["num_test_images"]),
+        "images_per_scene": int(p["test_images_per_scene"]),
+        "object_ids": p["test_object_ids"],
+        "num_targets": len(targets),
+        "targets": f"{TARGETS_FILE} (instances with visib_fract >= {MIN_VISIB_FRACT}, bop_toolkit's "
+                   "enumerate_test_targets.py)",
+        "scenes": f"{SPLIT}/{{scene_id:06d}}/ scene_camera.json, scene_gt.json (cam_t_m2c in mm), "
+                  "scene_gt_info.json, rgb/{im_id:06d}.png, depth/{im_id:06d}.png, mask/ and "
+                  "mask_visib/{im_id:06d}_{gt_id:06d}.png",
+        "depth_scale": DEPTH_SCALE,
+        "visib_delta_mm": VISIB_DELTA_MM,
+        "camera": f"{CAMERA_FILE} ({p['image_size'][0]}x{p['image_size'][1]})",
+        "models": "models/obj_{obj_id:06d}.ply (mm), models/models_info.json",
+    }
+
+
 def _plain(cfg) -> dict:
     try:
         from omegaconf import DictConfig, OmegaConf
@@ -95,6 +144,22 @@ def _plain(cfg) -> dict:
 
 def _validate(p: dict) -> dict:
     p = dict(p)
+    for key, value in TEST_DEFAULTS.items():
+        p.setdefault(key, value)
+    if p["format"] not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {p['format']!r}")
+    if p["format"] == "bop":
+        for key in ("num_test_images", "test_images_per_scene"):
+            if int(p[key]) < 1:
+                raise ValueError(f"{key} must be >= 1, got {p[key]}")
+        if int(p["test_images_per_scene"]) > 1_000_000:
+            raise ValueError(f"test_images_per_scene must be at most 1000000 (6-digit image ids), "
+                             f"got {p['test_images_per_scene']}")
+    ids = p["test_object_ids"]
+    if ids is not None:
+        if isinstance(ids, (int, str)) or not len(ids) or any(isinstance(i, bool) or int(i) != i for i in ids):
+            raise ValueError(f"test_object_ids must be null or a non-empty list of object ids, got {ids!r}")
+        p["test_object_ids"] = sorted({int(i) for i in ids})
     if not p.get("out"):
         raise ValueError("out must name the output folder")
     for key in ("num_images", "images_per_shard"):
@@ -126,15 +191,29 @@ def _object_sources(p: dict) -> list[tuple[int, str | None]]:
     return [(i + 1, str(f)) for i, f in enumerate(files)]
 
 
-def _check_manifest(out: Path, p: dict) -> None:
+def _check_manifest(out: Path, p: dict) -> dict:
+    """The manifest already in `out` ({} if none); ValueError if it was made with other content settings.
+
+    Training keys must match. Test keys must match only when both runs write the test split
+    (format=bop): a gigapose run keeps an existing split, a bop run over a gigapose set adds one.
+    """
     path = out / MANIFEST
     if not path.is_file():
-        return
-    old = json.loads(path.read_text()).get("settings", {})
-    diffs = [f"{k} (was {old.get(k)!r}, now {p.get(k)!r})" for k in CONTENT_KEYS if old.get(k) != p.get(k)]
+        return {}
+    manifest = json.loads(path.read_text())
+    old = {**TEST_DEFAULTS, **manifest.get("settings", {})}
+    keys = TRAIN_KEYS + (TEST_KEYS if p["format"] == old["format"] == "bop" else ())
+    diffs = [f"{k} (was {old.get(k)!r}, now {p.get(k)!r})" for k in keys if old.get(k) != p.get(k)]
     if diffs:
         raise ValueError(f"{out} was synthesized with other settings: {'; '.join(diffs)}. "
                          f"Delete it or choose another out= to make a new set")
+    return manifest
+
+
+def _test_layout(p: dict) -> list[tuple[int, int]]:
+    """[(scene_id, number of images)] of the test split: `test_images_per_scene` a scene, the last one fewer."""
+    n, per = int(p["num_test_images"]), int(p["test_images_per_scene"])
+    return [(s, min(per, n - s * per)) for s in range(-(-n // per))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +226,8 @@ def _init_worker(p: dict, sources: list) -> None:
     from .render import Renderer
 
     _STATE.clear()
-    _STATE.update(p=p, sources=dict(sources), renderer=Renderer(), objects=OrderedDict(), meshes={})
+    _STATE.update(p=p, sources=dict(sources), renderer=Renderer(), objects=OrderedDict(), meshes={},
+                  canvas_meshes={})
 
 
 def _get_object(obj_id: int):
@@ -169,90 +249,95 @@ def _get_object(obj_id: int):
     if len(objects) > 64:  # keep memory bounded for large mesh folders
         old, _ = objects.popitem(last=False)
         _STATE["meshes"].pop(old, None)
+        _STATE["canvas_meshes"].pop(old, None)
     return obj
-
-
-def _template_distance(obj, p: dict, K: np.ndarray) -> float:
-    w, h = p["template_size"]
-    if p["template_distance_factor"] is None:
-        from .templates import fit_distance
-
-        return fit_distance(obj.radius, K, w, h)
-    return float(p["template_distance_factor"]) * obj.diameter
 
 
 def _object_task(obj_id: int) -> dict:
     from .bop_writer import models_info_entry, write_json_atomic, write_model_ply
-    from .render import render_object_views, to_pyrender_mesh
-    from .templates import object_template_poses, pose_path, save_view, scaled_K, template_dir
+    from .template_render import write_object_templates
 
     p, out = _STATE["p"], Path(_STATE["p"]["out"])
     obj = _get_object(obj_id)
     t0 = time.perf_counter()
     v, f, c = obj.colored_arrays()
     write_model_ply(out / "models" / f"obj_{obj_id:06d}.ply", v, f, c)
-    troot, name = out / "templates", p["name"]
     w, h = p["template_size"]
-    K = scaled_K(w, h)
-    poses_mm = object_template_poses(int(p["template_level"]), _template_distance(obj, p, K))
-    final = template_dir(troot, name, obj_id)
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    poses_m = poses_mm.copy()
-    poses_m[:, :3, 3] /= 1000.0
-    mesh = to_pyrender_mesh(obj.parts)
     t_render = time.perf_counter()
-    for view, (rgb, depth) in enumerate(render_object_views(_STATE["renderer"], mesh, obj.radius, poses_m, K, w, h,
-                                                            lighting=p["template_lighting"])):
-        save_view(tmp, view, rgb, depth)
+    views = write_object_templates(_STATE["renderer"], obj, out / "templates", p["name"], int(p["template_level"]),
+                                   w, h, lighting=p["template_lighting"],
+                                   distance_factor=p["template_distance_factor"])
     t_render = time.perf_counter() - t_render
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pp = pose_path(troot, name, obj_id)
-    pp.parent.mkdir(parents=True, exist_ok=True)
-    np.save(pp.with_name(pp.stem + f".tmp{os.getpid()}.npy"), poses_mm)
-    os.replace(pp.with_name(pp.stem + f".tmp{os.getpid()}.npy"), pp)
     info = models_info_entry(obj.vertices, obj.diameter, obj.symmetries)
     info["source"] = obj.name
     write_json_atomic(out / WORK_DIR / "objects" / f"obj_{obj_id:06d}.json", info)
-    return {"kind": "object", "id": obj_id, "views": len(poses_mm), "seconds": time.perf_counter() - t0,
+    return {"kind": "object", "id": obj_id, "views": views, "seconds": time.perf_counter() - t0,
             "render_seconds": t_render}
+
+
+def _scene_params(p: dict):
+    from .scenes import SceneParams
+    from .templates import scaled_K
+
+    w, h = p["image_size"]
+    return SceneParams(width=w, height=h, K=scaled_K(w, h), objects_per_image=tuple(p["objects_per_image"]),
+                       distractors_per_image=tuple(p["distractors_per_image"]),
+                       occluder_prob=float(p["occluder_prob"]), apparent_size=tuple(p["apparent_size"]),
+                       texture_prob=float(p["texture_prob"]))
+
+
+def _render_random_scene(rng: np.random.Generator, ids: list[int], key: str, params):
+    """One random scene: objects_per_image of `ids` (drawn from `rng`), rendered -> ImageRecord."""
+    from .scenes import render_scene
+
+    k = int(rng.integers(params.objects_per_image[0], params.objects_per_image[1] + 1))
+    chosen = rng.choice(ids, size=min(k, len(ids)), replace=False)
+    objects = [_get_object(int(i)) for i in chosen]
+    return render_scene(_STATE["renderer"], rng, key, objects, _STATE["meshes"], params)
 
 
 def _shard_task(shard: int) -> dict:
     from .bop_writer import SHARD_DIR, SHARD_PATTERN, encode_image, image_key, write_shard
-    from .scenes import SceneParams, render_scene
-    from .templates import scaled_K
 
     p, out = _STATE["p"], Path(_STATE["p"]["out"])
     t0 = time.perf_counter()
     ids = sorted(_STATE["sources"])
-    w, h = p["image_size"]
-    params = SceneParams(width=w, height=h, K=scaled_K(w, h), objects_per_image=tuple(p["objects_per_image"]),
-                         distractors_per_image=tuple(p["distractors_per_image"]),
-                         occluder_prob=float(p["occluder_prob"]), apparent_size=tuple(p["apparent_size"]),
-                         texture_prob=float(p["texture_prob"]))
+    params = _scene_params(p)
     first = shard * int(p["images_per_shard"])
     last = min(first + int(p["images_per_shard"]), int(p["num_images"]))
 
     def samples():
         for index in range(first, last):
-            rng = np.random.default_rng([int(p["seed"]), 11, index])
-            k = int(rng.integers(params.objects_per_image[0], params.objects_per_image[1] + 1))
-            chosen = rng.choice(ids, size=min(k, len(ids)), replace=False)
-            objects = [_get_object(int(i)) for i in chosen]
+            rng = np.random.default_rng([int(p["seed"]), TRAIN_STREAM, index])
             key = image_key(index)
-            record = render_scene(_STATE["renderer"], rng, key, objects, _STATE["meshes"], params)
-            yield key, encode_image(record)
+            yield key, encode_image(_render_random_scene(rng, ids, key, params))
 
     write_shard(out / SHARD_DIR / SHARD_PATTERN.format(shard), samples())
     return {"kind": "shard", "id": shard, "images": last - first, "seconds": time.perf_counter() - t0}
 
 
+def _test_scene_task(scene_id: int) -> dict:
+    """One BOP test scene folder: its images rendered, annotated as BOP's scripts do, written atomically."""
+    from .bop_scenes import annotate, write_scene
+
+    p, out = _STATE["p"], Path(_STATE["p"]["out"])
+    t0 = time.perf_counter()
+    ids = p["test_object_ids"] or sorted(_STATE["sources"])
+    params = _scene_params(p)
+    count = dict(_test_layout(p))[scene_id]
+    images = {}
+    for im_id in range(count):
+        rng = np.random.default_rng([int(p["seed"]), TEST_STREAM, scene_id, im_id])
+        record = _render_random_scene(rng, ids, f"{scene_id:06d}_{im_id:06d}", params)
+        objects = {inst.obj_id: _get_object(inst.obj_id) for inst in record.instances}
+        images[im_id] = annotate(record, _STATE["renderer"], objects, _STATE["meshes"], _STATE["canvas_meshes"])
+    write_scene(out, scene_id, images, out / WORK_DIR / "test")
+    return {"kind": "test_scene", "id": scene_id, "images": count, "seconds": time.perf_counter() - t0}
+
+
 def _run_task(task: tuple[str, int]) -> dict:
     kind, ident = task
-    return _object_task(ident) if kind == "object" else _shard_task(ident)
+    return {"object": _object_task, "shard": _shard_task, "test_scene": _test_scene_task}[kind](ident)
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +355,7 @@ def _object_done(out: Path, name: str, obj_id: int) -> bool:
 
 def synthesize(cfg) -> dict:
     """Write (or finish writing) the set described by `cfg` (synthesize.yaml keys); returns its manifest."""
+    from . import bop_scenes
     from .bop_writer import (
         SHARD_DIR,
         SHARD_PATTERN,
@@ -285,24 +371,40 @@ def synthesize(cfg) -> dict:
     out = Path(p["out"])
     out.mkdir(parents=True, exist_ok=True)
     p["out"] = str(out)
-    _check_manifest(out, p)
+    previous = _check_manifest(out, p)
+    sources = _object_sources(p)
+    bop = p["format"] == "bop"
+    if bop and p["test_object_ids"] is not None:
+        unknown = sorted(set(p["test_object_ids"]) - {i for i, _ in sources})
+        if unknown:
+            raise ValueError(f"test_object_ids {unknown} are not objects of this set (ids 1..{len(sources)})")
     ok, reason = egl_available()
     if not ok:
         from .render import EGL_HINT, RenderError
 
         raise RenderError(f"{reason}; {EGL_HINT}")
-    sources = _object_sources(p)
     settings = {k: p[k] for k in CONTENT_KEYS}
-    write_json_atomic(out / MANIFEST, {"settings": settings, "complete": False})
+    kept_bop = None
+    if not bop and previous.get("settings", {}).get("format") == "bop":
+        # a gigapose run leaves the test split written before as it is, and the manifest keeps describing it
+        settings.update({k: previous["settings"][k] for k in TEST_KEYS})
+        kept_bop = previous.get("bop")
+    write_json_atomic(out / MANIFEST, {"settings": settings, "complete": False,
+                                       **({"bop": kept_bop} if kept_bop else {})})
     tw, th = p["template_size"]
     write_camera(out / "templates", p["name"], scaled_K(tw, th), tw, th)
 
     n_shards = -(-int(p["num_images"]) // int(p["images_per_shard"]))
+    scenes = _test_layout(p) if bop else []
     tasks = [("object", i) for i, _ in sources if not _object_done(out, p["name"], i)]
     tasks += [("shard", s) for s in range(n_shards) if not (out / SHARD_DIR / SHARD_PATTERN.format(s)).is_file()]
-    skipped = len(sources) + n_shards - len(tasks)
-    logger.info("synthesizing %s: %d objects, %d images in %d shards (%d tasks done before, %d to do)",
-                out, len(sources), int(p["num_images"]), n_shards, skipped, len(tasks))
+    tasks += [("test_scene", s) for s, _ in scenes if not bop_scenes.scene_done(out, s)]
+    skipped = len(sources) + n_shards + len(scenes) - len(tasks)
+    logger.info("synthesizing %s: %d objects, %d images in %d shards%s (%d tasks done before, %d to do)",
+                out, len(sources), int(p["num_images"]), n_shards,
+                f", {int(p['num_test_images'])} BOP test images in {len(scenes)} scenes" if bop else "",
+                skipped, len(tasks))
+    shutil.rmtree(out / WORK_DIR / "test", ignore_errors=True)  # scene folders left half-written by a crash
 
     results = []
     t0 = time.perf_counter()
@@ -344,8 +446,10 @@ def synthesize(cfg) -> dict:
 
     views = sum(r.get("views", 0) for r in results)
     view_seconds = sum(r.get("render_seconds", 0.0) for r in results)
-    images = sum(r.get("images", 0) for r in results)
+    images = sum(r["images"] for r in results if r["kind"] == "shard")
     image_seconds = sum(r["seconds"] for r in results if r["kind"] == "shard")
+    test_images = sum(r["images"] for r in results if r["kind"] == "test_scene")
+    test_seconds = sum(r["seconds"] for r in results if r["kind"] == "test_scene")
     stats = {
         "wall_seconds": round(wall, 3),
         "workers": max(workers, 1),
@@ -353,14 +457,24 @@ def synthesize(cfg) -> dict:
         "template_views_per_second_per_process": round(views / view_seconds, 2) if view_seconds else None,
         "scene_images": images,
         "scene_images_per_second_per_process": round(images / image_seconds, 3) if image_seconds else None,
-        "views_per_second_wall": round((views + images) / wall, 2) if wall > 0 and results else None,
+        "test_images": test_images,
+        "test_images_per_second_per_process": round(test_images / test_seconds, 3) if test_seconds else None,
+        "views_per_second_wall": round((views + images + test_images) / wall, 2) if wall > 0 and results else None,
     }
     if results:
-        logger.info("rendered %d template views (%.1f views/s per process) and %d scene images "
-                    "(%.2f images/s per process) in %.1f s with %d processes",
-                    views, stats["template_views_per_second_per_process"] or 0, images,
-                    stats["scene_images_per_second_per_process"] or 0, wall, stats["workers"])
+        logger.info("rendered %d template views (%.1f views/s per process), %d scene images "
+                    "(%.2f images/s per process) and %d BOP test images (%.2f images/s per process) in %.1f s "
+                    "with %d processes", views, stats["template_views_per_second_per_process"] or 0, images,
+                    stats["scene_images_per_second_per_process"] or 0, test_images,
+                    stats["test_images_per_second_per_process"] or 0, wall, stats["workers"])
     manifest = {"settings": settings, "complete": True, "stats": stats, "gigapose": gigapose_reading(p)}
+    if bop:
+        w, h = p["image_size"]
+        bop_scenes.write_camera(out, scaled_K(w, h), w, h)
+        targets = bop_scenes.write_targets(out, [s for s, _ in scenes])
+        manifest["bop"] = bop_reading(p, scenes, targets)
+    elif kept_bop:
+        manifest["bop"] = kept_bop
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
@@ -378,8 +492,9 @@ def ensure_synthetic_dataset(cfg, num_workers: int | None = None) -> Path:
     manifest = out / MANIFEST
     if manifest.is_file():
         data = json.loads(manifest.read_text())
-        _check_manifest(out, _validate(p))
-        if data.get("complete"):
+        checked = _validate(p)
+        _check_manifest(out, checked)
+        if data.get("complete") and (checked["format"] != "bop" or (data.get("bop") or {}).get("complete")):
             return out
     synthesize(p)
     return out
