@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,6 +71,42 @@ def test_add_and_adds_on_a_two_point_object():
     T_shift = _pose(t=(0.003, 0.004, 1.0))[None]
     assert add_error(T_shift, T_gt, pts).item() == pytest.approx(0.005, abs=1e-12)
     assert adds_error(T_shift, T_gt, pts).item() == pytest.approx(0.005, abs=1e-12)
+
+
+def test_adds_averages_over_ground_truth_points():
+    # Points at x = 0, 10, 100 mm; the estimate is shifted by +90 mm along x. Averaging over the
+    # ground-truth points (the definition): 90, 80, 0 mm -> 56.67 mm. The other direction would give
+    # 10, 0, 90 mm -> 33.33 mm.
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.01, 0.0, 0.0], [0.1, 0.0, 0.0]], dtype=F64)
+    T_gt = _pose(t=(0.0, 0.0, 1.0))[None]
+    T_est = _pose(t=(0.09, 0.0, 1.0))[None]
+    assert adds_error(T_est, T_gt, pts).item() == pytest.approx(0.17 / 3, abs=1e-12)
+    assert adds_error(T_gt, T_est, pts).item() == pytest.approx(0.10 / 3, abs=1e-12)
+
+
+def test_adds_matches_brute_force_on_an_asymmetric_cloud():
+    rng = np.random.default_rng(3)
+    # A dense blob and a sparse arm along +x: shifting along the arm covers the ground truth unevenly.
+    arm = np.stack([np.linspace(0.05, 0.2, 7), np.zeros(7), np.zeros(7)], axis=1)
+    pts = np.concatenate([rng.normal(size=(50, 3)) * 0.005, arm])
+
+    def pose(angle_deg, axis, t):
+        T = torch.eye(4, dtype=F64)
+        T[:3, :3] = axis_angle_matrix(torch.tensor(axis, dtype=F64), torch.tensor(math.radians(angle_deg), dtype=F64))
+        T[:3, 3] = torch.tensor(t, dtype=F64)
+        return T
+
+    T_gt = torch.stack([pose(20.0, (0.3, 1.0, 0.2), (0.01, -0.02, 0.8)), pose(-70.0, (1.0, 0.0, 0.5), (0.0, 0.0, 1.2))])
+    T_est = torch.stack([pose(25.0, (0.3, 1.0, 0.2), (0.09, -0.02, 0.82)),
+                         pose(-60.0, (1.0, 0.0, 0.5), (0.06, 0.0, 1.2))])
+    got = adds_error(T_est, T_gt, torch.from_numpy(pts))
+    for n in range(2):
+        g = pts @ T_gt[n, :3, :3].numpy().T + T_gt[n, :3, 3].numpy()
+        e = pts @ T_est[n, :3, :3].numpy().T + T_est[n, :3, 3].numpy()
+        d = np.linalg.norm(g[:, None, :] - e[None, :, :], axis=-1)  # [gt point, est point]
+        expected, reverse = d.min(axis=1).mean(), d.min(axis=0).mean()
+        assert abs(expected - reverse) > 0.01  # the case tells the two directions apart (> 1 cm)
+        assert got[n].item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_mssd_and_mspd_without_symmetry():

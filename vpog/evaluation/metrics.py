@@ -12,7 +12,7 @@ BOP 2019+ evaluation; Hinterstoisser et al. ACCV 2012 for ADD / ADD-S):
 - rotation error      e_R  = arccos((tr(R_est^T R_gt) - 1) / 2)                  degrees
 - translation error   e_t  = |t_est - t_gt|                                        millimetres
 - ADD                 e    = mean_x |T_est x - T_gt x|                            metres
-- ADD-S               e    = mean_x min_y |T_est x - T_gt y|                      metres
+- ADD-S               e    = mean_x min_y |T_gt x - T_est y|                      metres
 - MSSD                e    = min_{S in syms} max_x |T_est x - T_gt S x|           metres
 - MSPD                e    = min_{S in syms} max_x |pi(K, T_est x) - pi(K, T_gt S x)|   pixels
 - recall at threshold th:    share of estimates with e < th (strict, as BOP's matching)
@@ -195,7 +195,14 @@ def add_error(T_est: torch.Tensor, T_gt: torch.Tensor, points: torch.Tensor) -> 
 
 
 def adds_error(T_est: torch.Tensor, T_gt: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """ADD-S: mean over model points of the distance to the closest ground-truth point, metres. -> [N]."""
+    """ADD-S: mean over model points in the ground-truth pose of the distance to the closest model point in
+    the estimated pose, metres. T_est, T_gt [N, 4, 4] (metres), points [P, 3] model frame, metres -> [N].
+
+    e = mean_{x} min_{y} |T_gt x - T_est y| (Hinterstoisser et al. ACCV 2012; bop_toolkit
+    `pose_error.adi` l.227-247 queries the ground-truth points against the estimated ones). The
+    direction matters: an estimate that covers only part of the ground-truth surface is penalised for
+    every ground-truth point it leaves far away.
+    """
     _check_pair(T_est, T_gt)
     _check_points(points)
     x = points.to(device=T_est.device, dtype=torch.float64)
@@ -203,9 +210,9 @@ def adds_error(T_est: torch.Tensor, T_gt: torch.Tensor, points: torch.Tensor) ->
     out = torch.empty(len(T_est), dtype=torch.float64, device=T_est.device)
     rows = max(1, _CHUNK // max(P, 1))  # query points per chunk
     for n in range(len(T_est)):
-        a = transform_points(T_est[n].to(torch.float64), x)
-        b = transform_points(T_gt[n].to(torch.float64), x)
-        mins = [torch.cdist(a[i:i + rows], b).amin(dim=1) for i in range(0, P, rows)]
+        query = transform_points(T_gt[n].to(torch.float64), x)  # ground-truth pose: averaged over
+        ref = transform_points(T_est[n].to(torch.float64), x)  # estimated pose: nearest neighbour in
+        mins = [torch.cdist(query[i:i + rows], ref).amin(dim=1) for i in range(0, P, rows)]
         out[n] = torch.cat(mins).mean()
     return out
 
