@@ -76,6 +76,7 @@ def test_three_commands_end_to_end(synthbop, tmp_path):
     scored = tmp_path / "scores"
     _run("vpog.bop.score", f"dataset={synthbop}", f"results={csv}", f"out={scored}")
     scores = json.loads((scored / "scores_bop19.json").read_text())
+    assert scores["oracle_detections"] is True  # carried over from predict's summary
     for key in ("bop19_average_recall", "bop19_average_recall_vsd", "bop19_average_recall_mssd",
                 "bop19_average_recall_mspd"):
         assert 0.0 <= scores[key] < 1.0, (key, scores[key])  # an untrained model is not perfect

@@ -89,6 +89,13 @@ def run(args: dict[str, str]) -> dict:
     content["dataset"] = str(dataset.root)
     content["split"] = dataset.split
     content["results_file"] = str(Path(args["results"]))
+    made_by = Path(args["results"]).with_suffix(".summary.json")  # written next to the CSV by vpog.bop.predict
+    if made_by.is_file():
+        predicted = json.loads(made_by.read_text())
+        content["detections"] = predicted.get("detections")
+        content["oracle_detections"] = predicted.get("oracle_detections")
+        if predicted.get("oracle_detections"):
+            print("note: these estimates used oracle detections (ground-truth boxes and masks)")
     out = Path(args["out"])
     out.mkdir(parents=True, exist_ok=True)
     path = out / OUTPUT_NAME
