@@ -2,7 +2,7 @@
 
     pytest benchmarks/test_bench_bop_predict.py --benchmark-only
 
-A synthetic BOP test split (`vpog.data.synthesize format=bop`: 640x480 images, 3 target objects each,
+A synthetic BOP test split (`vpog.data.synthesize format=bop`: one 640x480 image, 3 target objects,
 level-1 templates, 162 views at 640x480) is estimated with the default inference settings
 (`InferenceConfig()`: every template as a group centre, group size 4, 1024 points, 64 PnP proposals),
 with oracle detections, by vpog_tiny on the CPU and vpog_vitb where there is a GPU. The op backends
@@ -42,7 +42,7 @@ def bop_test_set(tmp_path_factory):
         "template_lighting": "ambient", "template_distance_factor": None, "normalize": True, "max_extent": 0.2,
         "mesh_units": "auto", "objects_per_image": [3, 3], "distractors_per_image": [1, 2], "occluder_prob": 0.3,
         "apparent_size": [0.2, 0.4], "texture_prob": 0.6, "seed": 0, "num_workers": 2, "progress": False,
-        "format": "bop", "num_test_images": 2, "test_images_per_scene": 2, "test_object_ids": None})
+        "format": "bop", "num_test_images": 1, "test_images_per_scene": 1, "test_object_ids": None})
     return out
 
 
