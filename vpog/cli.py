@@ -152,3 +152,24 @@ def parse_cli(config_name: str, argv: Sequence[str] | None = None, description: 
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_command(config_name: str, argv: Sequence[str] | None, description: str, body, logger,
+                expected: tuple[type[BaseException], ...] = ()) -> int:
+    """The shared `main()` of a config-driven command: parse the overrides (exit 2 on an unknown key), set
+    up logging, run `body(cfg) -> exit code`. A required key left at `???`, or a ValueError,
+    FileNotFoundError, KeyError or one of `expected`, is logged as one line and gives exit code 2."""
+    import logging
+
+    from omegaconf.errors import MissingMandatoryValue
+
+    cfg = parse_cli(config_name, argv, description=description)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(body(cfg))
+    except MissingMandatoryValue as exc:
+        logger.error("missing a required setting: %s (give it as %s=...)", exc.full_key, exc.full_key)
+        return 2
+    except (ValueError, FileNotFoundError, KeyError, *expected) as exc:
+        logger.error("%s", exc)
+        return 2

@@ -245,14 +245,7 @@ def test_sphere_projection_overlap_and_deltas():
 
 
 @pytest.fixture(scope="module")
-def box_renderer(tmp_path_factory):
-    try:
-        from vpog.data.render import egl_available
-    except Exception as exc:  # pyrender / trimesh not installed
-        pytest.skip(f"rendering stack unavailable: {exc}")
-    ok, reason = egl_available()
-    if not ok:
-        pytest.skip(reason)
+def box_renderer(tmp_path_factory, require_egl):
     from tests.bop.bop_fixture import box_mesh, save_ply_like_toolkit
 
     path = tmp_path_factory.mktemp("box") / "obj_000001.ply"

@@ -63,12 +63,7 @@ def test_usage_errors_exit_2_and_help_exits_0(capsys):
 
 
 @pytest.mark.render
-def test_ground_truth_results_file_scores_one(tmp_path, capsys):
-    from vpog.data.render import egl_available
-
-    ok, reason = egl_available()
-    if not ok:
-        pytest.skip(reason)
+def test_ground_truth_results_file_scores_one(tmp_path, capsys, require_egl):
     from tests.bop.scored_dataset import write_scored_dataset
     from vpog.bop.results import PoseResult, write_results
 

@@ -141,14 +141,7 @@ def test_config_rejects_bad_values():
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
-    try:
-        from vpog.data.render import egl_available
-    except Exception as exc:
-        pytest.skip(f"rendering stack unavailable: {exc}")
-    ok, reason = egl_available()
-    if not ok:
-        pytest.skip(reason)
+def scored(tmp_path_factory, require_egl):
     from tests.bop.scored_dataset import write_scored_dataset
     from vpog.bop.dataset import BopDataset
 

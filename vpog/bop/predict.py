@@ -138,21 +138,8 @@ def predict(cfg) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    from omegaconf.errors import MissingMandatoryValue
-
-    from vpog.cli import parse_cli
-
-    cfg = parse_cli("bop_predict", argv, description=__doc__.split("\n\n")[0])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        summary = predict(cfg)
-    except MissingMandatoryValue as exc:
-        log.error("missing a required setting: %s (give it as key=value)", exc.full_key)
-        return 2
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        log.error("%s", exc)
-        return 2
+def _report(cfg) -> int:
+    summary = predict(cfg)
     c = summary["counts"]
     log.info("%d images (%s images/s on %s), %d estimates for %d targets; detections: %s; failed images: %d; "
              "skipped detections: %s -> %s", summary["images_estimated"], summary["images_per_second"],
@@ -160,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
              summary["images_failed"], {k: v for k, v in c.items() if k.startswith("skipped_")} or "none",
              summary["results"])
     return 1 if summary["images_failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vpog.cli import run_command
+
+    return run_command("bop_predict", argv, __doc__.split("\n\n")[0], _report, log)
 
 
 if __name__ == "__main__":

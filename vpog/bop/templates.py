@@ -129,24 +129,17 @@ def render_templates(cfg) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    from omegaconf.errors import MissingMandatoryValue
-
-    from vpog.cli import parse_cli
-    from vpog.data.render import RenderError
-
-    cfg = parse_cli("bop_templates", argv, description=__doc__.split("\n\n")[0])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        summary = render_templates(cfg)
-    except MissingMandatoryValue as exc:
-        log.error("missing a required setting: %s (give it as key=value)", exc.full_key)
-        return 2
-    except (ValueError, FileNotFoundError, RenderError) as exc:
-        log.error("%s", exc)
-        return 2
+def _report(cfg) -> int:
+    summary = render_templates(cfg)
     log.info("done: %s", json.dumps(summary))
     return 1 if summary["failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vpog.cli import run_command
+    from vpog.data.render import RenderError
+
+    return run_command("bop_templates", argv, __doc__.split("\n\n")[0], _report, log, expected=(RenderError,))
 
 
 if __name__ == "__main__":

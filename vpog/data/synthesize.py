@@ -500,20 +500,18 @@ def ensure_synthetic_dataset(cfg, num_workers: int | None = None) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    from vpog.cli import parse_cli
-
-    cfg = parse_cli("synthesize", argv, description=__doc__.split("\n\n")[0])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .render import RenderError
-
-    try:
-        manifest = synthesize(cfg)
-    except (ValueError, FileNotFoundError, RenderError) as exc:
-        logger.error("%s", exc)
-        return 2
+def _report(cfg) -> int:
+    manifest = synthesize(cfg)
     logger.info("done: %s", json.dumps(manifest["stats"]))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vpog.cli import run_command
+
+    from .render import RenderError
+
+    return run_command("synthesize", argv, __doc__.split("\n\n")[0], _report, logger, expected=(RenderError,))
 
 
 if __name__ == "__main__":
