@@ -55,6 +55,14 @@ class PoseEstimate:
     """why there is no pose: "no_templates", "empty_mask" or "bad_box"; None when estimated."""
 
 
+class SkipDetection(ValueError):
+    """A detection that cannot be estimated; `reason` is the PoseEstimate.skipped value."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
 @dataclass
 class QueryCrop:
     image: torch.Tensor
@@ -138,19 +146,20 @@ class PoseEstimator:
     # ------------------------------------------------------------------ queries
 
     def crop(self, rgb: np.ndarray, K: np.ndarray, bbox: np.ndarray, mask: np.ndarray | None) -> QueryCrop:
-        """Crop one detection as the training loader crops a query. ValueError for an empty mask or box."""
+        """Crop one detection as the training loader crops a query. SkipDetection for an empty mask or box;
+        ValueError for a mask whose shape is not the image's."""
         H, W = rgb.shape[:2]
         if mask is not None:
             if mask.shape != (H, W):
                 raise ValueError(f"mask has shape {mask.shape}, the image {(H, W)}")
             if not mask.any():
-                raise ValueError("empty_mask")
+                raise SkipDetection("empty_mask")
         if bbox[2] > 0 and bbox[3] > 0:
             box = box_from_xywh(bbox, self.box_scale)
         elif mask is not None:
             box = box_from_mask(mask, self.box_scale)
         else:
-            raise ValueError("bad_box")
+            raise SkipDetection("bad_box", f"box {list(bbox)} has no area and there is no mask")
         if mask is None:  # a box-only detection: every pixel of the box counts as the object
             x, y, w, h = (int(round(v)) for v in bbox)
             mask = np.zeros((H, W), dtype=bool)
@@ -159,7 +168,7 @@ class PoseEstimator:
         image = warp_crop(rgb, M, CROP_SIZE, "bilinear") / np.float32(255.0)
         q_mask = warp_crop(mask.astype(np.uint8), M, CROP_SIZE, "nearest") > 0.5
         if not q_mask.any():
-            raise ValueError("empty_mask")
+            raise SkipDetection("empty_mask", "the mask is outside the crop")
         if self.mask_query_rgb:
             image = image * q_mask[..., None]
         return QueryCrop(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1),
@@ -187,10 +196,9 @@ class PoseEstimator:
             if reason is None:
                 try:
                     crop = self.crop(rgb, K, np.asarray(det.bbox, dtype=np.float64), det.mask())
-                except ValueError as exc:
-                    reason = str(exc) if str(exc) in ("empty_mask", "bad_box") else "bad_box"
-                    if reason == "bad_box":
-                        log.debug("detection %d (object %d): %s", i, obj_id, exc)
+                except SkipDetection as exc:
+                    reason = exc.reason
+                    log.debug("detection %d (object %d) skipped: %s", i, obj_id, exc)
             if reason is not None:
                 out[i] = PoseEstimate(obj_id, score, None, None, time.perf_counter() - t0, skipped=reason)
                 continue

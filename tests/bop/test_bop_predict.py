@@ -41,7 +41,7 @@ def _predict(root, templates, out, *extra):
     return main([f"dataset={root}", f"templates={templates}", f"out={out}", *FAST, *extra])
 
 
-def test_templates_are_gigapose_layout_in_millimetres_and_resume(bop_set, tmp_path):
+def test_templates_are_gigapose_layout_in_millimetres_and_resume(bop_set):
     from vpog.bop.templates import main as templates_main
     from vpog.data.templates import TemplateSet, read_camera
 
@@ -59,11 +59,13 @@ def test_templates_are_gigapose_layout_in_millimetres_and_resume(bop_set, tmp_pa
     seen = depth[rgba[..., 3] > 0]
     dist = float(np.linalg.norm(poses_m[0, :3, 3]))
     assert seen.size > 0 and dist - 0.04 < seen.min() and seen.max() < dist + 0.04
-    again = tmp_path / "log.json"
+    files = sorted((templates / "tiny").rglob("*.png"))
+    stamps = [p.stat().st_mtime_ns for p in files]
     rc = templates_main([f"dataset={root}", f"out={templates}", "template_level=0", "template_size=[96,72]",
                          "progress=false"])
     assert rc == 0  # every object complete: nothing rendered again
-    assert not again.exists()
+    assert sorted((templates / "tiny").rglob("*.png")) == files
+    assert [p.stat().st_mtime_ns for p in files] == stamps
     rc = templates_main([f"dataset={root}", f"out={templates}", "template_level=1", "template_size=[96,72]",
                          "progress=false"])
     assert rc == 2  # other settings into the same set are refused

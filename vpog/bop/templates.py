@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,11 @@ def _init_worker(settings: dict) -> None:
 
     _STATE.clear()
     _STATE.update(settings=settings, renderer=Renderer())
+
+
+def _close_worker() -> None:
+    _STATE["renderer"].close()
+    _STATE.clear()
 
 
 def _render_one(task: tuple[int, str]) -> dict:
@@ -55,6 +59,7 @@ def render_templates(cfg) -> dict:
     """Render (or finish rendering) the templates of a BOP dataset; returns a summary dict."""
     from vpog.bop.dataset import read_models_info
     from vpog.data.render import EGL_HINT, RenderError, egl_available
+    from vpog.data.render_pool import run_tasks
     from vpog.data.template_render import object_templates_done
     from vpog.data.templates import scaled_K, write_camera
 
@@ -89,34 +94,10 @@ def render_templates(cfg) -> dict:
     todo = [(i, str(models_dir / f"obj_{i:06d}.ply")) for i in ids if not object_templates_done(out, name, i)]
     log.info("templates of %s into %s: %d objects, %d done before, %d to render", dataset, out / name, len(ids),
              len(ids) - len(todo), len(todo))
-    results = []
-    bar = None
-    if cfg.progress and todo:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), desc="templates", unit="object")
     t0 = time.perf_counter()
     workers = min(int(cfg.num_workers), len(todo))
-    try:
-        if workers > 1:
-            with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
-                for r in pool.imap_unordered(_render_one, todo):
-                    results.append(r)
-                    if bar is not None:
-                        bar.update(1)
-        else:
-            _init_worker(settings)
-            try:
-                for task in todo:
-                    results.append(_render_one(task))
-                    if bar is not None:
-                        bar.update(1)
-            finally:
-                _STATE["renderer"].close()
-                _STATE.clear()
-    finally:
-        if bar is not None:
-            bar.close()
+    results = run_tasks(_render_one, todo, workers, _init_worker, (settings,), _close_worker, "templates", "object",
+                        progress=bool(cfg.progress))
     failed = {r["id"]: r["error"] for r in results if "error" in r}
     for obj_id, err in sorted(failed.items()):
         log.error("object %d: %s (skipped)", obj_id, err)

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import shutil
 import sys
 import time
@@ -228,6 +227,11 @@ def _init_worker(p: dict, sources: list) -> None:
     _STATE.clear()
     _STATE.update(p=p, sources=dict(sources), renderer=Renderer(), objects=OrderedDict(), meshes={},
                   canvas_meshes={})
+
+
+def _close_worker() -> None:
+    _STATE["renderer"].close()
+    _STATE.clear()
 
 
 def _get_object(obj_id: int):
@@ -406,35 +410,12 @@ def synthesize(cfg) -> dict:
                 skipped, len(tasks))
     shutil.rmtree(out / WORK_DIR / "test", ignore_errors=True)  # scene folders left half-written by a crash
 
-    results = []
+    from .render_pool import run_tasks
+
     t0 = time.perf_counter()
     workers = min(int(p["num_workers"]), len(tasks))
-    bar = None
-    if p.get("progress", True) and tasks:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tasks), desc="synthesize", unit="task")
-    try:
-        if workers > 1:
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(p, sources)) as pool:
-                for r in pool.imap_unordered(_run_task, tasks):
-                    results.append(r)
-                    if bar is not None:
-                        bar.update(1)
-        else:
-            _init_worker(p, sources)
-            try:
-                for task in tasks:
-                    results.append(_run_task(task))
-                    if bar is not None:
-                        bar.update(1)
-            finally:
-                _STATE["renderer"].close()
-                _STATE.clear()
-    finally:
-        if bar is not None:
-            bar.close()
+    results = run_tasks(_run_task, tasks, workers, _init_worker, (p, sources), _close_worker, "synthesize", "task",
+                        progress=bool(p.get("progress", True)))
     wall = time.perf_counter() - t0
 
     infos = {}
