@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from vpog.config_schema import from_mapping
+
 pytestmark = pytest.mark.render
 
 
@@ -96,8 +98,8 @@ def test_bench_scene_images(benchmark, run_bench, renderer):
 def test_bench_loader_sample(benchmark, run_bench, bench_set, cached):
     from vpog.data import DataConfig, VPOGDataset
 
-    cfg = DataConfig.from_cfg({"train_datasets": [
-        {"name": "synthetic", "root": str(bench_set), "templates": str(bench_set / "templates")}]})
+    cfg = from_mapping(DataConfig, {"train_datasets": [
+        {"name": "synthetic", "root": str(bench_set), "templates": str(bench_set / "templates")}]}, "data")
     ds = VPOGDataset(cfg, train=True)
     n = 8
     counter = iter(range(10 ** 9))

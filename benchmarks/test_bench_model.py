@@ -31,7 +31,7 @@ ARCHS = {
 
 
 def _setup(arch: str, B: int, S: int, backend: str, device: torch.device, checkpointing: bool):
-    """Model (train mode) and a random batch with SPEC §4-shaped labels on `device`."""
+    """Model (train mode) and a random batch with docs/conventions.md §4-shaped labels on `device`."""
     spec = {k: dict(v) for k, v in ARCHS[arch].items()}
     spec["encoder"]["activation_checkpointing"] = checkpointing
     spec.setdefault("group_attention", {})["activation_checkpointing"] = checkpointing

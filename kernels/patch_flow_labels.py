@@ -1,6 +1,6 @@
 """Triton kernel of `vpog.ops.patch_flow_labels`: all four label tensors in one pass.
 
-Math (SPEC §4, rules in `vpog/ops/patch_flow_labels.py`): for query patch i with anchor a_i,
+Math (docs/conventions.md §4, rules in `vpog/ops/patch_flow_labels.py`): for query patch i with anchor a_i,
 
     X = T_s T_q^-1 backproject(a_i, D_q(a_i), K_q),  p = project(K_s, X)  -> buddy j or unseen / ignore
     Y = T_q T_s^-1 backproject(p', D_s(p'), K_s),    r = project(K_q, Y)  for the 256 pixels p' of j

@@ -1,6 +1,6 @@
 """Fused S2RoPE flash attention (Triton): forward and non-causal backward.
 
-    O = softmax(rot(Q) rot(K)^T / sqrt(D)) V,      rot = S2RoPE at each token's (y, x, s1, s2)   (SPEC §5)
+    O = softmax(rot(Q) rot(K)^T / sqrt(D)) V,      rot = S2RoPE at each token's (y, x, s1, s2)   (docs/conventions.md §5)
 
 The rotation is applied to Q and K tiles inside the attention kernel, so no rotated copy of q or k
 ever reaches device memory (the reference path writes and re-reads both). Rotations are expressed

@@ -1,6 +1,6 @@
 """S2RoPE rotation pre-pass (Triton): rotate q and k in one launch, for PyTorch SDPA to consume.
 
-    y = rot(x):      ya = xa cos a - xb sin a,   yb = xb cos a + xa sin a      (SPEC §5)
+    y = rot(x):      ya = xa cos a - xb sin a,   yb = xb cos a + xa sin a      (docs/conventions.md §5)
     inverse (grad):  xa = ya cos a + yb sin a,   xb = yb cos a - ya sin a
 
 with xa = x[..., PAIR_IDX[0]], xb = x[..., PAIR_IDX[1]] the two channels of every pair and

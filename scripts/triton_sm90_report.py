@@ -77,7 +77,8 @@ H100_SMEM_PER_SM = 228 * 1024
 H100_REGS_PER_SM = 65536
 MAX_REGS = 255
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Model shapes (SPEC; REFERENCES.md): per-image blocks B = 224 images, group blocks B = 32 samples, H = 12.
+# Model shapes (docs/conventions.md §3; benchmarks/RESULTS.md baselines): per-image blocks B = 224 images,
+# group blocks B = 32 samples, H = 12.
 HEADS = 12
 BATCH_IMAGE, BATCH_GROUP = 224, 32
 LABELS_BATCH, LABELS_TEMPLATES, CROP = 32, 6, 224

@@ -1,4 +1,4 @@
-"""Camera and pose conventions (SPEC §1)."""
+"""Camera and pose conventions (docs/conventions.md §1)."""
 
 from __future__ import annotations
 

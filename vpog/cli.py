@@ -12,11 +12,12 @@ An unknown key or option is rejected with a message naming it and the closest va
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from vpog.config_schema import closest
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 
@@ -62,15 +63,6 @@ def config_groups() -> dict[str, list[str]]:
     return groups
 
 
-def _close(word: str, candidates: Sequence[str]) -> str:
-    near = difflib.get_close_matches(word, candidates, n=3, cutoff=0.5)
-    if not near:
-        # also match on the last component, e.g. "data.num_pos_templates" vs "...num_positive_templates"
-        last = word.rsplit(".", 1)[-1]
-        near = [c for c in candidates if difflib.get_close_matches(last, [c.rsplit(".", 1)[-1]], cutoff=0.6)][:3]
-    return ", ".join(near) if near else "none close"
-
-
 def _validate_overrides(config_name: str, overrides: Sequence[str]) -> None:
     """Raise ConfigError for an override naming an unknown group option or key."""
     from hydra import compose, initialize_config_dir
@@ -91,7 +83,7 @@ def _validate_overrides(config_name: str, overrides: Sequence[str]) -> None:
                 if value not in groups[key]:
                     raise ConfigError(
                         f"unknown option '{value}' for config group '{key}'; "
-                        f"valid: {', '.join(groups[key])} (closest: {_close(value, groups[key])})"
+                        f"valid: {', '.join(groups[key])} (closest: {closest(value, groups[key])})"
                     )
                 group_choices.append(ov.input_line)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -103,7 +95,7 @@ def _validate_overrides(config_name: str, overrides: Sequence[str]) -> None:
             continue
         if not _key_exists(base, key):
             raise ConfigError(
-                f"unknown config key '{key}' for '{config_name}'; closest valid keys: {_close(key, valid)} "
+                f"unknown config key '{key}' for '{config_name}'; closest valid keys: {closest(key, valid)} "
                 f"(use '+{key}=...' to add a new key on purpose)"
             )
 

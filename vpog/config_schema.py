@@ -5,7 +5,7 @@ are the section's keys, with their defaults and docstrings. `from_mapping` build
 config, nested dataclasses and lists of them included, and rejects an unknown key with a message naming
 its full dotted path and the closest valid names; value checks stay in each dataclass's `__post_init__`.
 
-    cfg = from_mapping(OptimConfig, to_plain(composed.optim), "optim")
+    cfg = from_mapping(OptimConfig, composed.optim, "optim")   # a DictConfig or a plain dict
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vpog.config_schema import from_mapping
 from vpog.data.crop import box_from_mask, box_from_xywh, crop_matrix, warp_crop
 from vpog.data.templates import TemplateSet
 from vpog.evaluation.inference import InferenceConfig, ObjectTemplates, encode, estimate_poses
@@ -112,7 +113,7 @@ class PoseEstimator:
         kw.setdefault("box_scale", float(data.get("box_scale", 1.0)))
         kw.setdefault("mask_query_rgb", bool(data.get("mask_query_rgb", False)))
         if isinstance(inference, dict):
-            inference = InferenceConfig(**inference)
+            inference = from_mapping(InferenceConfig, inference, "inference")
         return cls(net, resolve_device(str(device)), inference=inference, **kw)
 
     # ------------------------------------------------------------------ templates
@@ -223,12 +224,6 @@ def _model_dict(model: dict | str) -> dict:
     """A model config: a dict as is, or the name of a `vpog/config/model/*.yaml` file."""
     if isinstance(model, dict):
         return dict(model)
-    from omegaconf import OmegaConf
+    from vpog.model.config import load_model_config
 
-    from vpog.cli import CONFIG_DIR
-
-    path = CONFIG_DIR / "model" / f"{model}.yaml"
-    if not path.is_file():
-        options = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
-        raise ValueError(f"model={model!r}: no such model config (options: {', '.join(options)})")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return load_model_config(model).to_dict()

@@ -1,4 +1,4 @@
-"""Camera and pose geometry shared by every part of vpog (SPEC §1).
+"""Camera and pose geometry shared by every part of vpog (docs/conventions.md §1).
 
 Conventions, in one place:
 - Geometry in memory is float32 metres, OpenCV camera (x right, y down, z forward).

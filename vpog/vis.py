@@ -241,7 +241,7 @@ def draw_correspondences(query_image, template_image, query_uv, template_uv, col
                          gap: int = 8, radius: int = 2, lines: bool = True) -> np.ndarray:
     """Query (left) and template (right) side by side, matched points joined by lines.
 
-    query_uv, template_uv: [N, 2] pixel coordinates (u, v) in each image (SPEC §1 convention).
+    query_uv, template_uv: [N, 2] pixel coordinates (u, v) in each image (docs/conventions.md §1 convention).
     colours: [N, 3] uint8 (default: `distinct_colours(N)`). Returns uint8 [H, Wq + gap + Wt, 3].
     """
     q = to_uint8_image(query_image)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from vpog.config_schema import from_mapping
 from vpog.data import DataConfig, MixedSampler
 from vpog.data.augment import AugmentConfig, augment_rgb
 from vpog.data.bop_writer import write_shard
@@ -180,9 +181,9 @@ def test_data_configs_compose():
     from vpog.cli import load_config
 
     for name in ("synthetic", "gso", "shapenet", "gso_shapenet"):
-        cfg = DataConfig.from_cfg(load_config("train", [f"data={name}"]).data)
+        cfg = from_mapping(DataConfig, load_config("train", [f"data={name}"]).data, "data")
         assert cfg.num_positive_templates == 4 and cfg.train_datasets
-    mixed = DataConfig.from_cfg(load_config("train", ["data=gso_shapenet", "data.data_root=/x"]).data)
+    mixed = from_mapping(DataConfig, load_config("train", ["data=gso_shapenet", "data.data_root=/x"]).data, "data")
     assert [d.root for d in mixed.train_datasets] == ["/x/gso", "/x/shapenet"]
     assert [d.templates for d in mixed.train_datasets] == ["/x/templates", "/x/templates"]
     synth = load_config("train", []).data
@@ -192,5 +193,5 @@ def test_data_configs_compose():
     from omegaconf import OmegaConf
 
     assert OmegaConf.to_container(synth.synthesize) == OmegaConf.to_container(load_config("synthesize", []))
-    with pytest.raises(ValueError, match="unknown data config keys"):
-        DataConfig.from_cfg({"batch_size": 2, "bogus": 1, "train_datasets": []})
+    with pytest.raises(ValueError, match="unknown config key 'data.bogus'"):
+        from_mapping(DataConfig, {"batch_size": 2, "bogus": 1, "train_datasets": []}, "data")

@@ -1,4 +1,4 @@
-"""The VPOG loader on a tiny synthetic set: SPEC §3 batches, workers, bad data skipped and counted."""
+"""The VPOG loader on a tiny synthetic set: docs/conventions.md §3 batches, workers, bad data skipped and counted."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vpog.config_schema import from_mapping
 from vpog.data import DataConfig, MixedSampler, VPOGBatch, VPOGDataset, build_train_loader, collate_vpog
 from vpog.data.bop_writer import write_shard
 from vpog.data.rle import mask_to_rle
@@ -24,7 +25,7 @@ def config(root, name="synthetic", **over) -> DataConfig:
     cfg = {"batch_size": 4, "num_positive_templates": 3, "num_negative_templates": 2,
            "train_datasets": [{"name": name, "root": str(root), "templates": str(root / "templates")}]}
     cfg.update(over)
-    return DataConfig.from_cfg(cfg)
+    return from_mapping(DataConfig, cfg, "data")
 
 
 def copy_set(src, dst):
@@ -247,11 +248,11 @@ def test_missing_inputs_give_clear_errors(tiny_set, tmp_path):
 def test_two_sets_mixed_by_ratio(tiny_set, tmp_path):
     root = copy_set(tiny_set, tmp_path / "second")
     (root / "templates" / "synthetic").rename(root / "templates" / "second")
-    cfg = DataConfig.from_cfg({
+    cfg = from_mapping(DataConfig, {
         "batch_size": 4, "samples_per_epoch": 40,
         "train_datasets": [
             {"name": "synthetic", "root": str(tiny_set), "templates": str(tiny_set / "templates"), "ratio": 3.0},
-            {"name": "second", "root": str(root), "templates": str(root / "templates"), "ratio": 1.0}]})
+            {"name": "second", "root": str(root), "templates": str(root / "templates"), "ratio": 1.0}]}, "data")
     loader = build_train_loader(cfg, num_workers=0)
     ids = torch.cat([b.dataset_id for b in loader])
     assert len(ids) == 40 and int((ids == 0).sum()) == 30 and int((ids == 1).sum()) == 10

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from vpog.config_schema import from_mapping
 from vpog.data import DataConfig, MixedSampler, TrainSetConfig, VPOGDataset, build_train_loader
 from vpog.data.dataset import SampleError
 
@@ -19,7 +20,7 @@ def config(root, name="synthetic", set_over=None, **over) -> DataConfig:
     entry = {"name": name, "root": str(root), "templates": str(root / "templates"), **(set_over or {})}
     cfg = {"batch_size": 2, "num_positive_templates": 2, "num_negative_templates": 1, "train_datasets": [entry]}
     cfg.update(over)
-    return DataConfig.from_cfg(cfg)
+    return from_mapping(DataConfig, cfg, "data")
 
 
 def instance_objects(ds: VPOGDataset, s: int = 0) -> np.ndarray:
@@ -39,8 +40,8 @@ def test_filter_config_is_checked():
         TrainSetConfig(**base, exclude_object_ids=[1, "2"])
     with pytest.raises(ValueError, match=r"train_datasets\[a\]\.object_ids must be a list"):
         TrainSetConfig(**base, object_ids=5)
-    with pytest.raises(ValueError, match=r"unknown train_datasets\[0\] keys \['exclude_objects'\]"):
-        DataConfig.from_cfg({"train_datasets": [dict(base, exclude_objects=[1])]})
+    with pytest.raises(ValueError, match=r"unknown config key 'data.train_datasets\[0\].exclude_objects'"):
+        from_mapping(DataConfig, {"train_datasets": [dict(base, exclude_objects=[1])]}, "data")
 
 
 # ---------------------------------------------------------------- on the tiny rendered set (objects 1 and 2)
@@ -156,8 +157,8 @@ def test_filters_are_per_set(tiny_set, tmp_path):
     first = {"name": "synthetic", "root": str(tiny_set), "templates": str(tiny_set / "templates"),
              "exclude_object_ids": [1]}
     second = {"name": "second", "root": str(root), "templates": str(root / "templates")}
-    cfg = DataConfig.from_cfg({"batch_size": 2, "num_positive_templates": 2, "num_negative_templates": 1,
-                               "train_datasets": [first, second]})
+    cfg = from_mapping(DataConfig, {"batch_size": 2, "num_positive_templates": 2, "num_negative_templates": 1,
+                               "train_datasets": [first, second]}, "data")
     ds = VPOGDataset(cfg)
     assert set(instance_objects(ds, 0).tolist()) == {2} and set(instance_objects(ds, 1).tolist()) == {1, 2}
     both = ds.restrict_objects("second", exclude_object_ids=[2])

@@ -48,7 +48,7 @@ def test_ground_truth_correspondences_are_consistent(scene):
 
 
 def test_labels_through_pnp_give_the_true_pose(scene):
-    """End to end: labels (SPEC §4) -> correspondences -> random-init LM solver -> the query pose."""
+    """End to end: labels (docs/conventions.md §4) -> correspondences -> random-init LM solver -> the query pose."""
     sc, labels = scene
     c = correspondences_from_labels(labels, sc["t_depth"], sc["t_mask"], sc["t_K"], sc["t_pose"], max_points=512)
     res = pnp_solve(c.x3d, c.x2d, c.w2d, sc["q_K"], generator=torch.Generator().manual_seed(0))

@@ -10,6 +10,7 @@ import pytest
 import torch
 from eval_scenes import CENTRE, MICRO_MODEL, TINY_OBJECTS, micro_model, render_ellipsoid, write_tiny_dataset
 
+from vpog.config_schema import from_mapping
 from vpog.data.batch import collate_vpog
 from vpog.data.dataset import DataConfig, VPOGDataset
 from vpog.evaluation.correspondences import correspondences_from_labels
@@ -31,8 +32,8 @@ def tiny_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(tiny_root):
-    cfg = DataConfig.from_cfg({"num_positive_templates": 2, "num_negative_templates": 1, "train_datasets": [
-        {"name": "tiny", "root": str(tiny_root), "templates": str(tiny_root / "templates")}]})
+    cfg = from_mapping(DataConfig, {"num_positive_templates": 2, "num_negative_templates": 1, "train_datasets": [
+        {"name": "tiny", "root": str(tiny_root), "templates": str(tiny_root / "templates")}]}, "data")
     return VPOGDataset(cfg, train=False)
 
 
@@ -57,8 +58,8 @@ def test_split_is_deterministic_and_complete():
         split_objects(ids, SplitConfig(heldout_objects=[99]))
     with pytest.raises(ValueError, match="heldout_fraction"):
         SplitConfig(heldout_fraction=1.0)
-    with pytest.raises(ValueError, match="unknown split config"):
-        SplitConfig.from_cfg({"heldout": [1]})
+    with pytest.raises(ValueError, match="unknown config key 'split.heldout'"):
+        from_mapping(SplitConfig, {"heldout": [1]}, "split")
     objs = np.array([1, 2, 1, 3, 1, 2])
     assert select_instances(objs, [1, 3]).tolist() == [0, 2, 3, 4]
     capped = select_instances(objs, [1], max_per_object=2, seed=0)
@@ -89,7 +90,8 @@ def test_object_subset_and_library(dataset, tiny_root):
 
 
 def test_loader_labels_through_pnp_give_the_true_pose(dataset):
-    """Loader sample (query crop + templates) -> SPEC §4 labels -> correspondences -> PnP = the GT pose."""
+    """Loader sample (query crop + templates) -> docs/conventions.md §4 labels -> correspondences -> PnP
+    = the GT pose."""
     batch = collate_vpog([dataset[i] for i in range(3)])
     diam = batch.diameter
     labels = patch_flow_labels(batch.depths[:, 0], batch.masks[:, 0], batch.K[:, 0], batch.T_m2c[:, 0],

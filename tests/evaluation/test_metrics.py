@@ -1,4 +1,4 @@
-"""Pose metrics (SPEC §8) on cases whose answer is computed by hand."""
+"""Pose metrics (docs/conventions.md §8) on cases whose answer is computed by hand."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Ground-truth labels through the PnP on the rendered synthetic set (procedural objects, pyrender).
 
-The end-to-end check of the issue on the real synthetic pipeline: loader batch -> SPEC §4 labels ->
+The end-to-end check of the issue on the real synthetic pipeline: loader batch -> docs/conventions.md §4 labels ->
 correspondences -> EPro-PnP solver recovers the query pose, and the evaluation loop runs on it.
 Needs headless EGL (marked `render`; skipped with the reason where it is unavailable).
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 from synthetic_sets import tiny_set_settings
+
+from vpog.config_schema import from_mapping
 
 pytestmark = pytest.mark.render
 
@@ -41,8 +43,8 @@ def test_labels_through_pnp_on_rendered_data(rendered_set):
     from vpog.ops.patch_flow_labels import patch_flow_labels
     from vpog.ops.pnp_solve import pnp_solve
 
-    cfg = DataConfig.from_cfg({"train_datasets": [
-        {"name": "synthetic", "root": str(rendered_set), "templates": str(rendered_set / "templates")}]})
+    cfg = from_mapping(DataConfig, {"train_datasets": [
+        {"name": "synthetic", "root": str(rendered_set), "templates": str(rendered_set / "templates")}]}, "data")
     ds = VPOGDataset(cfg, train=True, seed=0)  # with crop jitter, as in training
     batch = collate_vpog([ds[i] for i in range(min(len(ds), 6))])
     labels = patch_flow_labels(batch.depths[:, 0], batch.masks[:, 0], batch.K[:, 0], batch.T_m2c[:, 0],
@@ -67,8 +69,8 @@ def test_evaluation_loop_on_rendered_data(rendered_set):
     from vpog.data.dataset import DataConfig, VPOGDataset
     from vpog.evaluation import InferenceConfig, ObjectLibrary, evaluate_model, object_subset
 
-    cfg = DataConfig.from_cfg({"num_positive_templates": 2, "num_negative_templates": 1, "train_datasets": [
-        {"name": "synthetic", "root": str(rendered_set), "templates": str(rendered_set / "templates")}]})
+    cfg = from_mapping(DataConfig, {"num_positive_templates": 2, "num_negative_templates": 1, "train_datasets": [
+        {"name": "synthetic", "root": str(rendered_set), "templates": str(rendered_set / "templates")}]}, "data")
     ds = VPOGDataset(cfg, train=False)
     sub = object_subset(ds, [1], max_per_object=2)
     loader = torch.utils.data.DataLoader(sub, batch_size=2, collate_fn=collate_vpog)

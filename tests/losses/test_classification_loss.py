@@ -1,4 +1,4 @@
-"""Patch classification loss: cross-entropy over 197 classes with -1 ignored (SPEC §7)."""
+"""Patch classification loss: cross-entropy over 197 classes with -1 ignored (docs/conventions.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Laplace flow NLL on visible pixels plus the invisible-pixel 1/b penalty (SPEC §7)."""
+"""Laplace flow NLL on visible pixels plus the invisible-pixel 1/b penalty (docs/conventions.md §7)."""
 
 from __future__ import annotations
 

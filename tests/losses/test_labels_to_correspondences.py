@@ -1,4 +1,4 @@
-"""End to end with the label op: ground-truth flow labels (SPEC §4) turned into correspondences reproject
+"""End to end with the label op: ground-truth flow labels (docs/conventions.md §4) turned into correspondences reproject
 exactly at the query's ground-truth pose, and the model's flow prior matches the labels of an unmoved view."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""2D-3D correspondences drawn from the flow head's output (SPEC §4, §6)."""
+"""2D-3D correspondences drawn from the flow head's output (docs/conventions.md §4, §6)."""
 
 from __future__ import annotations
 

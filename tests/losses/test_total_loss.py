@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from vpog.config_schema import from_mapping
 from vpog.geometry import look_at_pose, matrix_to_pose_vector
 from vpog.losses import LossWeights, PoseLoss, PoseTargets, classification_loss, flow_loss, vpog_loss
 from vpog.model import VPOGOutput
@@ -62,7 +63,7 @@ def test_weighted_sum_of_parts():
         torch.testing.assert_close(got[key], value)
     for key in ("cls_acc", "cls_acc_seen", "cls_acc_unseen", "flow_b_mean", "num_visible"):
         assert key in got and not got[key].requires_grad
-    # the hook's inputs: SPEC §9 shapes, ground truth as a pose vector
+    # the hook's inputs: docs/conventions.md §9 shapes, ground truth as a pose vector
     assert x3d.shape == (2, 16, 3) and x2d.shape == (2, 16, 2) and w2d.shape == (2, 16, 2) and K.shape == (2, 3, 3)
     torch.testing.assert_close(pose_gt, matrix_to_pose_vector(pose.q_pose))
     got["loss"].backward()
@@ -93,11 +94,12 @@ def test_hook_protocol_and_errors():
         vpog_loss(out, labels, pose_loss=RecordingPoseLoss(), pose_targets=pose._replace(q_pose=pose.q_pose[:, :3]))
 
 
-def test_loss_weights_from_dict():
-    w = LossWeights.from_dict({"flow_weight": 2.0, "pnp_weight": 0.0, "reg_weight": 0.1, "invisible_penalty": 0.01})
+def test_loss_weights_from_mapping():
+    values = {"flow_weight": 2.0, "pnp_weight": 0.0, "reg_weight": 0.1, "invisible_penalty": 0.01}
+    w = from_mapping(LossWeights, values, "loss")
     assert w.flow_weight == 2.0 and w.pnp_points == 512
     with pytest.raises(ValueError, match="flow_wieght"):
-        LossWeights.from_dict({"flow_wieght": 1.0})
+        from_mapping(LossWeights, {"flow_wieght": 1.0}, "loss")
     with pytest.raises(ValueError, match="pnp_weight"):
         LossWeights(pnp_weight=-1.0)
 

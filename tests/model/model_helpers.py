@@ -28,7 +28,7 @@ def tiny_config(**encoder) -> VPOGConfig:
 
 
 def make_batch(B: int = 1, S: int = 2, seed: int = 0):
-    """Random images, template geometry around a query direction, SPEC §4-shaped labels, pose targets."""
+    """Random images, template geometry around a query direction, docs/conventions.md §4-shaped labels, pose targets."""
     g = torch.Generator().manual_seed(seed)
     d_q = torch.nn.functional.normalize(torch.randn(B, 3, generator=g), dim=-1)
     dirs = torch.nn.functional.normalize(d_q[:, None] + 0.3 * torch.randn(B, S, 3, generator=g), dim=-1)

@@ -15,7 +15,8 @@ N_DEFAULT = (10, 10, 6, 6)
 
 
 def _explicit_rotation(x, pos, n, base_xy=100.0, f0_s=4.0, base_s=32.0):
-    """SPEC §5 written out pair by pair (float64): channels (start + k, start + n_g + k) rotate by pos_g w_k."""
+    """docs/conventions.md §5 written out pair by pair (float64): channels (start + k, start + n_g + k)
+    rotate by pos_g w_k."""
     out = x.clone()
     start = 0
     for g, n_g in enumerate(n):

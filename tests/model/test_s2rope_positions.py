@@ -1,4 +1,4 @@
-"""Tangent-chart coordinates (s1, s2) of template directions and the token position layouts (SPEC §5)."""
+"""Tangent-chart coordinates (s1, s2) of template directions and the token position layouts (docs/conventions.md §5)."""
 
 from __future__ import annotations
 

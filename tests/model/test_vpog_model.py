@@ -167,7 +167,7 @@ def test_input_checks(model, batch):
 
 
 def test_inputs_from_a_loader_batch(model):
-    """A loader batch (SPEC §3 field names; RGB in [0, 1]) maps to the forward's arguments."""
+    """A loader batch (docs/conventions.md §3 field names; RGB in [0, 1]) maps to the forward's arguments."""
     model.eval()
     b = make_batch(S=3, seed=7)
     # d_ref is the second template's direction: R_ref must be that template's rotation

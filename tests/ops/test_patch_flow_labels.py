@@ -1,4 +1,4 @@
-"""Tests of vpog.ops.patch_flow_labels (SPEC §4): reference path, Triton kernel, input checks.
+"""Tests of vpog.ops.patch_flow_labels (docs/conventions.md §4): reference path, Triton kernel, input checks.
 
 Scenes (ray-cast spheres and planes) and the boundary-aware comparison live in patch_flow_scenes.py.
 
@@ -28,6 +28,7 @@ from patch_flow_scenes import (
 from synthetic_sets import tiny_set_settings
 
 from vpog._backend import triton_interpreter, triton_status
+from vpog.config_schema import from_mapping
 from vpog.ops import FlowLabels, patch_flow_labels, patch_flow_labels_reference
 
 P = 16
@@ -477,10 +478,10 @@ def synthetic_batch(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic_labels")
     synthesize(tiny_set_settings(out, num_objects=1, num_images=3, images_per_shard=3, image_size=[160, 120],
                                  objects_per_image=[1, 1], distractors_per_image=[1, 1], apparent_size=[0.4, 0.6]))
-    cfg = DataConfig.from_cfg({
+    cfg = from_mapping(DataConfig, {
         "batch_size": 2, "num_positive_templates": 3, "num_negative_templates": 1,
         "train_datasets": [{"name": "synthetic", "root": str(out), "templates": str(out / "templates")}],
-    })
+    }, "data")
     ds = VPOGDataset(cfg, train=False, seed=0)
     assert len(ds) >= 1
     return collate_vpog([ds[i] for i in range(len(ds))])

@@ -1,4 +1,4 @@
-"""S2RoPE attention: fast paths against a float64 reference of SPEC §5, forward and gradients.
+"""S2RoPE attention: fast paths against a float64 reference of docs/conventions.md §5, forward and gradients.
 
 On CPU the Triton kernels run through the interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
 at tiny sizes; the cases marked `cuda` run the real sizes (N = 196, 1378; D = 32, 64, 128) on a GPU.
@@ -65,7 +65,7 @@ def _check(backend, q, k, v, pos, n, grads=True):
     out = s2rope_attention(q, k, v, pos, n, backend=backend)
     assert out.dtype == q.dtype and out.shape == q.shape
     q64, k64, v64 = (t.detach().double().requires_grad_(grads) for t in (q, k, v))
-    ref = s2rope_attention_reference(q64, k64, v64, pos, n)  # float32 pos: float32 angles, as SPEC §5
+    ref = s2rope_attention_reference(q64, k64, v64, pos, n)  # float32 pos: float32 angles, as docs/conventions.md §5
     pairs = [("out", out, ref)]
     if grads:
         g = torch.randn_like(ref)

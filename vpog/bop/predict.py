@@ -25,15 +25,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from vpog.config_schema import from_mapping, to_plain
+
 log = logging.getLogger(__name__)
 
 ORACLE = "oracle (ground-truth visible boxes and masks)"
-
-
-def _plain(node):
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
 def predict(cfg) -> dict:
@@ -58,9 +54,9 @@ def predict(cfg) -> dict:
     source = str(Path(str(cfg.detections)).name) if detections is not None else ORACLE
     if detections is None:
         log.warning("no detections file: using %s; these results are not comparable with a detector's", ORACLE)
-    inference = InferenceConfig(**_plain(cfg.inference))
+    inference = from_mapping(InferenceConfig, cfg.inference, "inference")
     estimator = PoseEstimator.from_checkpoint(cfg.checkpoint, device=str(cfg.machine.device),
-                                              model=_plain(cfg.model), inference=inference, seed=int(cfg.seed))
+                                              model=to_plain(cfg.model), inference=inference, seed=int(cfg.seed))
     name = str(cfg.template_name) if cfg.template_name is not None else dataset.name
     estimator.set_templates(str(cfg.templates), name)
     target_objects = sorted({t.obj_id for _, _, ts in images for t in ts})

@@ -1,4 +1,4 @@
-"""`VPOGBatch`: what the loader hands the model, with shapes, units and frames (SPEC §3).
+"""`VPOGBatch`: what the loader hands the model, with shapes, units and frames (docs/conventions.md §3).
 
 Index 0 along the second axis is the query, 1..S the templates (positives first, then negatives).
 B = batch size, S = S_p + S_n templates, C = crop size (224).

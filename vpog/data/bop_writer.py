@@ -3,7 +3,7 @@
 The shards are BOP images (BOP's per-image files) packed as webdataset tars, the form in which GigaPose
 uses MegaPose-GSO and -ShapeNet (bop_toolkit's `scripts/convert_imagewise_to_webdataset.py`); this is not
 MegaPose's own webdataset format (`shard-%08d.tar` with `segmentation.png`, `infos.json`,
-`object_datas.json`). Layout written under a dataset root (SPEC §2):
+`object_datas.json`). Layout written under a dataset root (docs/conventions.md §2):
 
     ROOT/train_pbr_web/shard-000000.tar     tar members `{key}.{ext}`, key `{scene:06d}_{image:06d}`
     ROOT/key_to_shard.json                  {key: shard id (int)}

@@ -1,4 +1,4 @@
-"""Square crops as affine maps (SPEC §1, §3): boxes, jitter, the crop matrix M and resampling.
+"""Square crops as affine maps (docs/conventions.md §1, §3): boxes, jitter, the crop matrix M and resampling.
 
 Pixel `(u, v)` has integer coordinates at pixel centres, so pixel i spans [i - 0.5, i + 0.5]. A BOP box
 `[x, y, w, h]` covers pixels x..x+w-1 and y..y+h-1; its centre is `(x + (w - 1) / 2, y + (h - 1) / 2)`.

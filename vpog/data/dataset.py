@@ -1,4 +1,4 @@
-"""The VPOG training loader: object-level samples with groups of templates (SPEC §3).
+"""The VPOG training loader: object-level samples with groups of templates (docs/conventions.md §3).
 
 A sample is one visible instance (visib_fract > 0.1) of one training image:
 - query: square crop around `bbox_visib` (scale and shift jitter in training), RGB bilinear, depth and
@@ -32,13 +32,14 @@ import io
 import json
 import logging
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from numbers import Integral
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vpog.config_schema import from_mapping
 from vpog.geometry import CROP_SIZE
 
 from .augment import AugmentConfig, augment_rgb
@@ -132,30 +133,6 @@ class DataConfig:
             raise ValueError("train_datasets must list at least one training set")
         if not 0 <= self.scale_jitter < 1 or self.shift_jitter < 0:
             raise ValueError("scale_jitter must be in [0, 1) and shift_jitter >= 0")
-
-    @classmethod
-    def from_cfg(cls, cfg) -> DataConfig:
-        """From an OmegaConf node or a dict; unknown keys raise ValueError naming them."""
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:
-            pass
-        cfg = dict(cfg)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown data config keys {unknown}; known: {sorted(known)}")
-        cfg["augment"] = AugmentConfig(**(cfg.get("augment") or {}))
-        set_keys = {f.name for f in fields(TrainSetConfig)}
-        for i, d in enumerate(cfg.get("train_datasets", [])):
-            unknown = sorted(set(d) - set_keys)
-            if unknown:
-                raise ValueError(f"unknown train_datasets[{i}] keys {unknown}; known: {sorted(set_keys)}")
-        cfg["train_datasets"] = [TrainSetConfig(**d) for d in cfg.get("train_datasets", [])]
-        return cls(**cfg)
 
 
 class SampleError(Exception):
@@ -379,7 +356,7 @@ class VPOGDataset(torch.utils.data.Dataset):
         return entry
 
     def select_templates(self, d_q: np.ndarray, dirs: np.ndarray, rng: np.random.Generator):
-        """Template choice of SPEC §3 -> (view ids [S], is_positive [S], d_ref [3]).
+        """Template choice of docs/conventions.md §3 -> (view ids [S], is_positive [S], d_ref [3]).
 
         d_q [3] query viewing direction, dirs [V, 3] template viewing directions (unit, model frame).
         """
@@ -497,7 +474,7 @@ def build_train_loader(cfg, *, rank: int = 0, world_size: int = 1, num_workers: 
                        pin_memory: bool = False, progress: bool = False):
     """DataLoader of VPOGBatch for `cfg` (data config node or DataConfig); its `.sampler` is the MixedSampler
     (call `loader.sampler.set_epoch(epoch, start)` before each epoch) and `.dataset` the VPOGDataset."""
-    dcfg = cfg if isinstance(cfg, DataConfig) else DataConfig.from_cfg(cfg)
+    dcfg = cfg if isinstance(cfg, DataConfig) else from_mapping(DataConfig, cfg, "data")
     dataset = VPOGDataset(dcfg, train=True, seed=seed, progress=progress)
     sampler = MixedSampler(dataset.source_sizes, dataset.ratios, dcfg.samples_per_epoch, rank=rank,
                            world_size=world_size, seed=seed)
@@ -519,5 +496,5 @@ def prepare_train_data(cfg, num_workers: int | None = None) -> None:
         return
     # real sets: index the shards and measure the diameters here, once, so that the other ranks find
     # them cached instead of all doing the work at once
-    dcfg = cfg if isinstance(cfg, DataConfig) else DataConfig.from_cfg(cfg)
+    dcfg = cfg if isinstance(cfg, DataConfig) else from_mapping(DataConfig, cfg, "data")
     VPOGDataset(dcfg, train=True, progress=True)

@@ -4,7 +4,7 @@ pyrender's camera is OpenGL's (y up, z backward) and its `IntrinsicsCamera` puts
 integer window coordinates. Here the camera sits at the origin with pose `diag(1, -1, -1, 1)`, objects
 are placed with their OpenCV `T_m2c` poses, and the principal point is passed as `(cx + 0.5, cy + 0.5)`,
 so a point projects exactly where `vpog.geometry.project` puts it (integer pixel coordinates are pixel
-centres, SPEC §1). Depth comes back as z in metres, 0 where nothing was drawn.
+centres, docs/conventions.md §1). Depth comes back as z in metres, 0 where nothing was drawn.
 
 `PYOPENGL_PLATFORM=egl` and `PYGLET_HEADLESS=1` are set (unless already set) before pyrender is
 imported. Without a working EGL (Debian: `apt-get install libegl1 libgl1 libegl-mesa0 libgles2`, or the

@@ -27,7 +27,7 @@ one warning at the end of indexing names them. No shard id is special-cased (Meg
 broken shard that passed every check are still used (a damaged tar keeps the members before the damage,
 read back at verified offsets); a broken shard only loses what is actually unusable.
 
-Layout read (SPEC §2): `ROOT/train_pbr_web/shard-%06d.tar`, `ROOT/key_to_shard.json` (or
+Layout read (docs/conventions.md §2): `ROOT/train_pbr_web/shard-%06d.tar`, `ROOT/key_to_shard.json` (or
 `ROOT/train_pbr_web/key_to_shard.json`, where bop_toolkit's converter writes it).
 
 References: GigaPose/MegaPose `web_scene_dataset.py` (key_to_shard frame index, tarfile random access).

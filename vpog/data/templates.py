@@ -1,6 +1,6 @@
 """GigaPose templates: view poses, on-disk layout, reading and writing (numpy + Pillow only).
 
-Layout (SPEC §2), for a template root TEMPLATES and a dataset name:
+Layout (docs/conventions.md §2), for a template root TEMPLATES and a dataset name:
 
     TEMPLATES/{name}/{obj_id:06d}/{view:06d}.png         RGBA, alpha = object mask
     TEMPLATES/{name}/{obj_id:06d}/{view:06d}_depth.png   uint16 depth, millimetres
@@ -40,7 +40,8 @@ def template_poses(level: int = 1) -> np.ndarray:
 
 
 def viewing_directions(poses: np.ndarray) -> np.ndarray:
-    """Unit vectors from the object origin to the camera, model frame: (..., 4, 4) -> (..., 3) (SPEC §1)."""
+    """Unit vectors from the object origin to the camera, model frame: (..., 4, 4) -> (..., 3)
+    (docs/conventions.md §1)."""
     poses = np.asarray(poses, dtype=np.float64)
     R, t = poses[..., :3, :3], poses[..., :3, 3]
     c = -np.einsum("...ji,...j->...i", R, t)

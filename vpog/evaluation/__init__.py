@@ -1,4 +1,4 @@
-"""Pose inference and evaluation on unseen objects (SPEC §8).
+"""Pose inference and evaluation on unseen objects (docs/conventions.md §8).
 
     metrics          rotation / translation error, ADD(-S), BOP MSSD / MSPD with symmetries, recalls
     correspondences  2D-3D correspondences from buddies + dense flow (labels or predictions)

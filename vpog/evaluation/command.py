@@ -16,10 +16,10 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from vpog.config_schema import from_mapping, to_plain
 from vpog.evaluation.inference import InferenceConfig
 from vpog.evaluation.objects import ObjectLibrary
 from vpog.evaluation.report import write_report
@@ -29,17 +29,6 @@ from vpog.evaluation.split import ObjectSubset, SplitConfig, dataset_objects, se
 log = logging.getLogger(__name__)
 
 BASELINES = ("nearest_template", "untrained")
-
-
-def _plain(node) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(node, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(node, resolve=True)
-    except ImportError:
-        pass
-    return node
 
 
 def resolve_device(name: str) -> torch.device:
@@ -154,7 +143,7 @@ def build_models(cfg, device: torch.device, untrained: bool, checkpoint=None) ->
         state, saved, file = checkpoint
     elif cfg.checkpoint is not None:
         state, saved, file = read_checkpoint(cfg.checkpoint)
-    model_dict = dict(_plain(cfg.model))
+    model_dict = dict(to_plain(cfg.model))
     models: dict[str, torch.nn.Module] = {}
     net = load_vpog(state, saved, model_dict, int(cfg.seed), where=f"checkpoint={cfg.checkpoint}")
     if state is not None:
@@ -173,7 +162,7 @@ def build_eval_data(cfg, seed: int = 0):
     """(dataset restricted to the evaluated queries, ObjectLibrary, evaluated object ids, split dict)."""
     from vpog.data.dataset import DataConfig, VPOGDataset, prepare_train_data
 
-    dcfg = DataConfig.from_cfg(cfg.data)
+    dcfg = from_mapping(DataConfig, cfg.data, "data")
     if dcfg.synthesize:
         prepare_train_data(dcfg)
     dataset = VPOGDataset(dcfg, train=False, seed=seed)
@@ -182,7 +171,7 @@ def build_eval_data(cfg, seed: int = 0):
     if not 0 <= s < len(dataset.sources):
         raise ValueError(f"eval.dataset={s}: data.train_datasets has {len(dataset.sources)} entries")
     objs, offset = dataset_objects(dataset, s)
-    train_ids, held_ids = split_objects(objs.tolist(), SplitConfig.from_cfg(cfg.split))
+    train_ids, held_ids = split_objects(objs.tolist(), from_mapping(SplitConfig, cfg.split, "split"))
     chosen = {"heldout": held_ids, "train": train_ids, "all": train_ids + held_ids}.get(str(e.objects))
     if chosen is None:
         raise ValueError(f"eval.objects must be heldout, train or all, got {e.objects!r}")
@@ -208,7 +197,7 @@ def run_evaluation(cfg, argv: list[str] | None = None) -> dict:
 
     set_default_backend(str(cfg.ops.backend))
     device = resolve_device(str(cfg.machine.device))
-    icfg = InferenceConfig(**_plain(cfg.inference))
+    icfg = from_mapping(InferenceConfig, cfg.inference, "inference")
     e = cfg.eval
     baselines = [str(b) for b in (e.baselines or [])]
     bad = sorted(set(baselines) - set(BASELINES))

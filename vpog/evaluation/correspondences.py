@@ -1,10 +1,10 @@
-"""2D-3D correspondences for PnP from buddies and dense flow (SPEC §4, §6).
+"""2D-3D correspondences for PnP from buddies and dense flow (docs/conventions.md §4, §6).
 
 For template s, query patch i with buddy patch j and pixel p' = (16 jx + u, 16 jy + v) of patch j:
 
     x3d = T_s^-1 backproject(p', D_s(p'), K_s)      model frame, metres
     x2d = centre(i) + 16 flow[s, i, v, u]          query crop pixels
-    w2d = weight[s, i, v, u] (both axes)           e.g. scale / b (SPEC §6), or 1 for ground truth
+    w2d = weight[s, i, v, u] (both axes)           e.g. scale / b (docs/conventions.md §6), or 1 for ground truth
 
 A candidate exists where the buddy is a patch (0..195), the template pixel has depth and mask and the
 weight is positive. From the B x S x 196 x 256 candidates of each query, at most `pixels_per_patch`
@@ -80,7 +80,7 @@ def build_correspondences(
     """Correspondences from per-pixel flow and weights (see the module docstring).
 
     buddies: [B, S, 196] int64, buddy template patch per query patch; values outside 0..195 mean none.
-    flow: [B, S, 196, 16, 16, 2] patch units, [.., v, u, :] indexed by the buddy's pixel (SPEC §4).
+    flow: [B, S, 196, 16, 16, 2] patch units, [.., v, u, :] indexed by the buddy's pixel (docs/conventions.md §4).
     weight: [B, S, 196, 16, 16] w2d of each pixel (>= 0; 0 = not used).
     t_depth: [B, S, 224, 224] template depth, metres (0 = empty). t_mask: [B, S, 224, 224] bool.
     t_K: [B, S, 3, 3] template crop intrinsics. t_pose: [B, S, 4, 4] template T_m2c, metres.

@@ -1,10 +1,10 @@
 """Pose inference on an unseen object: choose a template group, predict flow, solve PnP hypotheses.
 
-For each query crop of an object with templates t_0..t_{V-1} (SPEC §2: no in-plane variation):
+For each query crop of an object with templates t_0..t_{V-1} (docs/conventions.md §2: no in-plane variation):
 
 1. Groups. The group centred at template c is c and its S - 1 nearest templates by viewing
    direction (as training's positives: `t*` and the S_p - 1 nearest to it), with `d_ref = d_c` and
-   the chart axes of c's camera (SPEC §3, §5).
+   the chart axes of c's camera (docs/conventions.md §3, §5).
 2. Scoring. The network scores each candidate group: a template's score is the mean, over query
    patches on the query mask, of the probability that the patch is visible in the template,
    1 - p(unseen) (`template_score="visible"`: the expected share of the query seen by the
@@ -13,7 +13,7 @@ For each query crop of an object with templates t_0..t_{V-1} (SPEC §2: no in-pl
    group wins; its centre is the retrieved template and `d_ref`. Candidates are every template, or
    (`num_candidates > 0`) a farthest-point subset refined around the best one.
 3. Correspondences. Buddies, dense flow and w2d = scale / b (times the buddy probability) of the
-   chosen group -> x3d, x2d, w2d (`vpog.evaluation.correspondences`, SPEC §4, §6).
+   chosen group -> x3d, x2d, w2d (`vpog.evaluation.correspondences`, docs/conventions.md §4, §6).
 4. Hypotheses. EPro-PnP's solver (random-sample init + LM) on all correspondences, on each
    template's alone, and LM from the nearest-template pose; every hypothesis is scored by the robust
    cost on *all* correspondences with one Huber threshold, and the cheapest is kept.
@@ -45,7 +45,7 @@ from vpog.geometry import (
     viewing_direction,
 )
 from vpog.model.s2rope_positions import tangent_chart
-from vpog.model.vpog import VPOGOutput
+from vpog.model.vpog import VPOGOutput, unwrap_model
 from vpog.ops.pnp_cost import pnp_cost
 from vpog.ops.pnp_solve import pnp_solve
 
@@ -173,14 +173,6 @@ class PoseEstimates(NamedTuple):
 # Network pieces
 
 
-def _unwrap(model):
-    """The VPOG module inside DistributedDataParallel / torch.compile wrappers."""
-    for attr in ("module", "_orig_mod"):
-        while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
-            model = getattr(model, attr)
-    return model
-
-
 def _autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -189,7 +181,7 @@ def _autocast(device: torch.device, enabled: bool):
 
 def encode(model, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Encoder tokens of RGB images [N, 3, 224, 224] in [0, 1] -> [N, 196, C] (float32)."""
-    m = _unwrap(model)
+    m = unwrap_model(model)
     out = [m.encoder(m.normalize(images[i:i + batch])).float() for i in range(0, len(images), batch)]
     return torch.cat(out) if out else images.new_zeros(0, NUM_PATCHES, 0)
 
@@ -198,7 +190,7 @@ def group_forward(model, q_tokens: torch.Tensor, t_tokens: torch.Tensor, dirs: t
                   ref_R: torch.Tensor, with_flow: bool = True) -> VPOGOutput:
     """`VPOG.forward` after the encoder: q_tokens [G, 196, C], t_tokens [G, S, 196, C], dirs [G, S, 3],
     d_ref [G, 3], ref_R [G, 3, 3] -> VPOGOutput (flow fields empty when not with_flow)."""
-    m = _unwrap(model)
+    m = unwrap_model(model)
     chart = tangent_chart(dirs, d_ref, ref_R)
     q, t, unseen = m.group_attention(q_tokens, t_tokens, chart)
     logits = m.cls_head(q, t, unseen)
@@ -434,8 +426,8 @@ def estimate_poses(model, images: torch.Tensor, masks: torch.Tensor | None, K: t
     if masks is not None and tuple(masks.shape) != (B, CROP_SIZE, CROP_SIZE):
         raise ValueError(f"masks must have shape [B, {CROP_SIZE}, {CROP_SIZE}], got {tuple(masks.shape)}")
     dev = images.device
-    model_was_training = _unwrap(model).training
-    _unwrap(model).eval()
+    model_was_training = unwrap_model(model).training
+    unwrap_model(model).eval()
     try:
         with _autocast(dev, cfg.amp):
             t_tok = template_tokens if template_tokens is not None else encode(model, templates.images)
@@ -457,7 +449,7 @@ def estimate_poses(model, images: torch.Tensor, masks: torch.Tensor | None, K: t
         base = template_pose(poses[centre], templates.K[centre], templates.masks[centre], K, q_masks)
         pose, cost, ok, hyp = solve_hypotheses(corr, K, base, S, cfg)
     finally:
-        _unwrap(model).train(model_was_training)
+        unwrap_model(model).train(model_was_training)
     if not bool(ok.all()):
         log.debug("PnP produced no valid pose for %d of %d queries", int((~ok).sum()), B)
     return PoseEstimates(pose=pose, cost=cost, valid=ok, template=centre, group=group, template_pose=base,

@@ -1,9 +1,9 @@
-"""Pose-error metrics of SPEC §8, as the BOP challenge and the 6D pose literature define them.
+"""Pose-error metrics of docs/conventions.md §8, as the BOP challenge and the 6D pose literature define them.
 
 All functions are plain PyTorch (CPU or GPU), batched over N estimates of *one* object (its model
 points and symmetries are shared); the evaluation runner groups estimates by object.
 
-Units: poses `T_m2c` are 4x4 in metres (SPEC §1); model points in metres; errors are returned in
+Units: poses `T_m2c` are 4x4 in metres (docs/conventions.md §1); model points in metres; errors are returned in
 the unit each metric is reported in (degrees, millimetres, metres or pixels, as named).
 
 Definitions (Hodan et al., "BOP: Benchmark for 6D Object Pose Estimation", ECCV 2018 and the

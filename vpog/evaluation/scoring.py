@@ -2,7 +2,7 @@
 
 `pose_errors` turns the estimates of one object into a table of errors (one row per estimate);
 `ErrorTable` accumulates rows over objects and batches; `summarize` reduces a table to the numbers of
-SPEC §8, per object and overall (instance-weighted, as BOP averages over instances).
+docs/conventions.md §8, per object and overall (instance-weighted, as BOP averages over instances).
 
 Summary keys (every one a float; NaN when undefined):
 
@@ -12,7 +12,7 @@ Summary keys (every one a float; NaN when undefined):
     trans_err_mm_median     translation error, median (millimetres)
     add_s_recall            ADD (ADD-S for symmetric objects) < 0.1 x diameter
     ar_mssd, ar_mspd, ar    BOP average recalls (MSSD, MSPD, their mean)
-    retrieval_err_deg_median, retrieval_acc15   template retrieval (SPEC §8)
+    retrieval_err_deg_median, retrieval_acc15   template retrieval (docs/conventions.md §8)
     pnp_valid_rate          share of estimates the solver marked valid (NaN for a method without a solver)
     pnp_fallbacks           number of estimates where PnP gave no valid pose, so the method returned the
                             nearest-template pose instead (NaN for a method without a solver)

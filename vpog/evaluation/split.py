@@ -18,7 +18,7 @@ objects; it forwards `(index, seed)` keys, as the trainer's `PositionedDataset` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,22 +41,6 @@ class SplitConfig:
             raise ValueError(f"split.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.heldout_objects is not None:
             self.heldout_objects = [int(i) for i in self.heldout_objects]
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping | None) -> SplitConfig:
-        if cfg is None:
-            return cls()
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:
-            pass
-        unknown = sorted(set(cfg) - {"heldout_objects", "heldout_fraction", "seed"})
-        if unknown:
-            raise ValueError(f"unknown split config keys {unknown}; known: heldout_objects, heldout_fraction, seed")
-        return cls(**dict(cfg))
 
 
 def split_objects(object_ids: Iterable[int], cfg: SplitConfig | None = None) -> tuple[list[int], list[int]]:

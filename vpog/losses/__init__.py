@@ -1,4 +1,4 @@
-"""VPOG's training losses (SPEC §7): patch classification, Laplace flow NLL, and the pose-loss hook."""
+"""VPOG's training losses (docs/conventions.md §7): patch classification, Laplace flow NLL, and the pose-loss hook."""
 
 from vpog.losses.classification import classification_accuracy, classification_loss
 from vpog.losses.correspondences import Correspondences, sample_correspondences

@@ -1,6 +1,6 @@
-"""Patch classification loss (SPEC §7): cross-entropy over 197 classes, labels -1 ignored.
+"""Patch classification loss (docs/conventions.md §7): cross-entropy over 197 classes, labels -1 ignored.
 
-For template s and query patch i the target is `patch_cls[s, i]` (SPEC §4): the buddy template patch
+For template s and query patch i the target is `patch_cls[s, i]` (docs/conventions.md §4): the buddy template patch
 0..195, 196 = unseen, -1 = ignored (no query depth or mask at the patch anchor). The loss is the mean
 over non-ignored (template, patch) pairs of every sample, computed in float32; a batch with no labelled
 pair gives 0 (not NaN).

@@ -1,4 +1,4 @@
-"""2D-3D correspondences for PnP from the flow head's output (SPEC §4, §6).
+"""2D-3D correspondences for PnP from the flow head's output (docs/conventions.md §4, §6).
 
 Every pixel p' = (16 jx + u, 16 jy + v) of the buddy patch j of query patch i in template s gives
 

@@ -1,7 +1,8 @@
-"""Dense flow loss (SPEC §7): Laplace negative log-likelihood on visible pixels, penalty on 1/b elsewhere.
+"""Dense flow loss (docs/conventions.md §7): Laplace negative log-likelihood on visible pixels, penalty on 1/b
+elsewhere.
 
 For a (template s, query patch i) pair whose label is a buddy patch (0..195) and its 16x16 pixels
-(SPEC §4 `dense_flow`, `dense_visible`), with predicted flow f (patch units) and Laplace scale b > 0:
+(docs/conventions.md §4 `dense_flow`, `dense_visible`), with predicted flow f (patch units) and Laplace scale b > 0:
 
     nll       = sum_vis ( |f - f_gt|_1 / b + 2 log b ) / n_vis          (the two axes share b)
     invisible = sum_inv ( 1 / b ) / n_inv
@@ -54,7 +55,7 @@ def flow_loss(
 
     flow: [B, S, 196, 16, 16, 2] predicted flow on the ground-truth buddies (patch units).
     b: [B, S, 196, 16, 16] Laplace scale, > 0.
-    gt_flow: [B, S, 14, 14, 16, 16, 2] or [B, S, 196, 16, 16, 2] SPEC §4 `dense_flow`.
+    gt_flow: [B, S, 14, 14, 16, 16, 2] or [B, S, 196, 16, 16, 2] docs/conventions.md §4 `dense_flow`.
     gt_visible: [B, S, 14, 14, 16, 16] or [B, S, 196, 16, 16] bool `dense_visible`.
     patch_cls: [B, S, 14, 14] or [B, S, 196] int64 labels (selects the buddy pairs).
     """

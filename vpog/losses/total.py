@@ -1,4 +1,4 @@
-"""VPOG's training loss (SPEC §7): classification + flow (+ pose through a pluggable EPro-PnP loss).
+"""VPOG's training loss (docs/conventions.md §7): classification + flow (+ pose through a pluggable EPro-PnP loss).
 
     L = L_cls + flow_weight (L_nll + invisible_penalty L_inv) + pnp_weight L_pnp (+ reg_weight L_reg)
 
@@ -20,11 +20,8 @@ the flow head's output (`vpog.losses.correspondences`) with the query's intrinsi
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -64,16 +61,6 @@ class LossWeights:
                 raise ValueError(f"loss.{f} must be >= 0, got {getattr(self, f)}")
         if self.pnp_points < 1:
             raise ValueError(f"loss.pnp_points must be >= 1, got {self.pnp_points}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> LossWeights:
-        """Build from a mapping (e.g. the config's `loss:` section); unknown keys raise ValueError."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in names:
-                near = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
-                raise ValueError(f"unknown key 'loss.{key}'; closest: {', '.join(near) or 'none close'}")
-        return cls(**dict(values))
 
 
 class PoseTargets(NamedTuple):
@@ -122,7 +109,7 @@ def vpog_loss(
     """The total loss and its parts.
 
     output: `vpog.model.VPOGOutput` of a forward pass on the ground-truth buddies (`buddies=patch_cls`).
-    labels: SPEC §4 labels with fields `patch_cls` [B,S,14,14], `dense_flow` [B,S,14,14,16,16,2],
+    labels: docs/conventions.md §4 labels with fields `patch_cls` [B,S,14,14], `dense_flow` [B,S,14,14,16,16,2],
         `dense_visible` [B,S,14,14,16,16] (e.g. `vpog.ops.patch_flow_labels`'s FlowLabels).
     pose_loss / pose_targets: both or neither; with them the pose term is added.
     check_buddies: verify that `output.buddies` equals the clamped `patch_cls` (a device-to-host sync on

@@ -13,7 +13,7 @@ from vpog.model.encoder import CroCoEncoder
 from vpog.model.group_attention import GroupAttention
 from vpog.model.heads import ClassificationHead, FlowHead
 from vpog.model.s2rope_positions import chart_axes, group_positions, reference_rotation, tangent_chart
-from vpog.model.vpog import VPOG, VPOGOutput, inputs_from_batch
+from vpog.model.vpog import VPOG, VPOGOutput, inputs_from_batch, unwrap_model
 
 __all__ = [
     "VPOG",
@@ -34,5 +34,6 @@ __all__ = [
     "load_model_config",
     "reference_rotation",
     "tangent_chart",
+    "unwrap_model",
     "vpog_config_from_dict",
 ]

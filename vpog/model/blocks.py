@@ -2,7 +2,7 @@
 
 Attention goes through `vpog.ops.s2rope_attention`, so one module serves CroCo's RoPE2D
 (`rope_n = (D/4, D/4, 0, 0)`, positions (y, x, 0, 0)) and the group attention's S2RoPE
-(`rope_n = (10, 10, 6, 6)`): the rotation layout is SPEC §5's, which is CroCo's for the y and x halves.
+(`rope_n = (10, 10, 6, 6)`): the rotation layout is docs/conventions.md §5's, which is CroCo's for the y and x halves.
 Parameter names follow CroCo's `models/blocks.py` (`norm1`, `attn.qkv`, `attn.proj`, `norm2`,
 `mlp.fc1`, `mlp.fc2`, `patch_embed.proj`) so its checkpoints load by name.
 
@@ -56,7 +56,7 @@ class Mlp(nn.Module):
 
 
 class RotaryAttention(nn.Module):
-    """Multi-head self-attention with rotary position embedding on q and k (SPEC §5).
+    """Multi-head self-attention with rotary position embedding on q and k (docs/conventions.md §5).
 
     x [B, N, C], pos [B, N, 4] float32 (y, x, s1, s2) -> [B, N, C].
     """

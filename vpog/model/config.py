@@ -13,13 +13,13 @@ docstrings).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vpog._backend import BACKENDS
+from vpog.config_schema import from_mapping
 
 ATTENTION_BACKENDS = ("auto",) + tuple(BACKENDS)
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "model"
@@ -108,7 +108,7 @@ class GroupAttentionConfig:
     mlp_ratio: float = 4.0
     """MLP hidden width = mlp_ratio * embed_dim."""
     rope_n: tuple[int, int, int, int] = (10, 10, 6, 6)
-    """S2RoPE pair counts (n_y, n_x, n_s1, n_s2) of the global blocks (SPEC §5)."""
+    """S2RoPE pair counts (n_y, n_x, n_s1, n_s2) of the global blocks (docs/conventions.md §5)."""
     frame_rope_n: tuple[int, int, int, int] = (16, 16, 0, 0)
     """Pair counts of the frame blocks: plain 2D RoPE over (y, x)."""
     base_xy: float = 100.0
@@ -188,7 +188,7 @@ class VPOGConfig:
                           ("heads", HeadConfig)):
             value = getattr(self, name)
             if isinstance(value, Mapping):
-                setattr(self, name, _build(cls, value, name))
+                setattr(self, name, from_mapping(cls, value, name))
             elif not isinstance(value, cls):
                 raise ValueError(f"{name} must be a {cls.__name__} or a mapping, got {type(value).__name__}")
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -220,22 +220,9 @@ class VPOGConfig:
         return conv(dataclasses.asdict(self))
 
 
-def _build(cls, values: Mapping, prefix: str):
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
-            raise ValueError(
-                f"unknown key '{prefix}.{key}' for {cls.__name__}; closest: {', '.join(near) or 'none close'}"
-            )
-    return cls(**dict(values))
-
-
 def vpog_config_from_dict(values: Mapping) -> VPOGConfig:
     """Build a VPOGConfig from a nested mapping (the model YAML's content); unknown keys raise ValueError."""
-    if not isinstance(values, Mapping):
-        raise ValueError(f"values must be a mapping, got {type(values).__name__}")
-    return _build(VPOGConfig, values, "model")
+    return from_mapping(VPOGConfig, values, "model")
 
 
 def load_model_config(name_or_path: str | Path | Any) -> VPOGConfig:
@@ -253,6 +240,7 @@ def load_model_config(name_or_path: str | Path | Any) -> VPOGConfig:
             path = MODEL_CONFIG_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             options = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
-            raise ValueError(f"name_or_path: no model config at {path} (known: {', '.join(options)})")
+            raise ValueError(f"no such model config {str(name_or_path)!r}: {path} does not exist "
+                             f"(options: {', '.join(options)})")
         values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     return vpog_config_from_dict(values)

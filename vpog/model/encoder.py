@@ -6,7 +6,7 @@ coordinates (y, x) -- the first half of each head's channels by y, the second by
 (k, k + D/4) at frequencies 100^(-k / (D/4)) -- then a final LayerNorm `enc_norm`. Its parameter names
 equal CroCo's, so `CroCo_V2_ViT*` checkpoints load by name (`vpog.model.croco_checkpoint`).
 
-The RoPE2D is SPEC §5's rotation with n = (D/4, D/4, 0, 0) at positions (y, x, 0, 0); attention runs
+The RoPE2D is docs/conventions.md §5's rotation with n = (D/4, D/4, 0, 0) at positions (y, x, 0, 0); attention runs
 through `vpog.ops.s2rope_attention`, so it uses the fastest backend available.
 
 References: naver/croco `models/croco.py` (`_encode_image`), `models/pos_embed.py` (RoPE2D layout).

@@ -1,6 +1,6 @@
 """VPOG heads: patch classification against each template, and dense flow on (query patch, buddy patch) pairs.
 
-Classification (SPEC §4 `patch_cls`): for template s, query patch i scores each of the template's 196
+Classification (docs/conventions.md §4 `patch_cls`): for template s, query patch i scores each of the template's 196
 patches and its unseen token,
 
     logits[b, s, i, j] = cos(P_q(q_i), P_t(t_j)) / T,   j in 0..195 patches, j = 196 the unseen token,
@@ -10,11 +10,11 @@ below by `min_temperature`). The similarity runs in float32 outside autocast.
 
 Flow: for each pair (query patch i, template patch j = buddy), an MLP on [q_i, t_j] predicts for the
 16x16 pixels p' = (16 jx + u, 16 jy + v) of patch j the flow (where p' lands in the query, relative to
-the centre of patch i, in patch units: SPEC §4 `dense_flow`) and a Laplace scale b > 0 (same units),
+the centre of patch i, in patch units: docs/conventions.md §4 `dense_flow`) and a Laplace scale b > 0 (same units),
 b = b_min + softplus(raw). Output layout [.., v, u, 2] as the labels. The last layer starts near zero
 weights with biases set to the flow of an unmoved patch, ((u - 7.5) / 16, (v - 7.5) / 16), so training
 starts from "the buddy patch sits on the query patch". The head also owns the learnable global
-log-scale of the PnP weights, w2d = exp(log_weight_scale) / b (SPEC §6).
+log-scale of the PnP weights, w2d = exp(log_weight_scale) / b (docs/conventions.md §6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Token positions (y, x, s1, s2) for S2RoPE: patch grid and the tangent chart of viewing directions (SPEC §5).
+"""Token positions (y, x, s1, s2) for S2RoPE: patch grid and the tangent chart of viewing directions
+(docs/conventions.md §5).
 
 The chart at the reference direction `d_ref` (unit, model frame) maps a unit direction `d` to
 
@@ -45,7 +46,7 @@ def reference_rotation(template_dirs: torch.Tensor, d_ref: torch.Tensor, templat
     """R_ref: the rotation of the template whose viewing direction is nearest to d_ref (max d . d_ref).
 
     template_dirs: [B, S, 3]; d_ref: [B, 3]; template_R: [B, S, 3, 3] rotations of the templates' T_m2c.
-    Returns [B, 3, 3]. d_ref is one of the templates' directions (SPEC §3), so this finds that template.
+    Returns [B, 3, 3]. d_ref is one of the templates' directions (docs/conventions.md §3), so this finds that template.
     """
     B, S = template_dirs.shape[:2]
     if d_ref.shape != (B, 3):

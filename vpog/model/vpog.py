@@ -4,9 +4,9 @@ Inputs are explicit tensors (not a batch class), so any loader can feed it:
 
     query_images     [B, 3, 224, 224]      RGB in [0, 1] (the model applies EncoderConfig.image_mean / std)
     template_images  [B, S, 3, 224, 224]   RGB in [0, 1]
-    template_dirs    [B, S, 3]             viewing direction of each template, model frame (SPEC §1)
-    d_ref            [B, 3]                chart centre: the reference template's direction (SPEC §3)
-    ref_R            [B, 3, 3]             rotation of the reference template's T_m2c (chart axes, SPEC §5)
+    template_dirs    [B, S, 3]             viewing direction of each template, model frame (conventions §1)
+    d_ref            [B, 3]                chart centre: the reference template's direction (conventions §3)
+    ref_R            [B, 3, 3]             rotation of the reference template's T_m2c (chart axes, conventions §5)
     buddies          [B, S, 14, 14] or [B, S, 196] int64, optional: ground-truth `patch_cls`
 
 With `buddies` (training) the flow head runs on the ground-truth buddy of each (template, query
@@ -45,7 +45,8 @@ class VPOGOutput:
     logits: torch.Tensor
     """[B, S, 196, 197] float32: query patch i vs template patch j (0..195) or unseen (196)."""
     flow: torch.Tensor
-    """[B, S, 196, 16, 16, 2] float32: SPEC §4 dense flow of pair (i, buddies[i]), patch units, [v, u] pixels."""
+    """[B, S, 196, 16, 16, 2] float32: docs/conventions.md §4 dense flow of pair (i, buddies[i]), patch units,
+    [v, u] pixels."""
     flow_b: torch.Tensor
     """[B, S, 196, 16, 16] float32: Laplace scale b > 0 of the flow, patch units."""
     buddies: torch.Tensor
@@ -53,7 +54,7 @@ class VPOGOutput:
     chart: torch.Tensor
     """[B, S, 2] float32: (s1, s2) of each template in the chart at d_ref (radians)."""
     weight_scale: torch.Tensor
-    """[] float32: exp(learnable log-scale) of the PnP weights, w2d = weight_scale / b (SPEC §6)."""
+    """[] float32: exp(learnable log-scale) of the PnP weights, w2d = weight_scale / b (docs/conventions.md §6)."""
 
     def predicted_cls(self) -> torch.Tensor:
         """argmax over the 197 classes (196 = unseen). -> [B, S, 196] int64."""
@@ -157,8 +158,16 @@ class VPOG(nn.Module):
         )
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    for attr in ("module", "_orig_mod"):
+        while isinstance(getattr(model, attr, None), nn.Module):
+            model = getattr(model, attr)
+    return model
+
+
 def inputs_from_batch(batch, buddies: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Keyword arguments of `VPOG.forward` from a loader batch (SPEC §3 fields, by name).
+    """Keyword arguments of `VPOG.forward` from a loader batch (docs/conventions.md §3 fields, by name).
 
     Uses `images` [B, S+1, 3, C, C] (RGB in [0, 1], index 0 the query), `template_dirs` [B, S, 3],
     `d_ref` [B, 3] and `T_m2c` [B, S+1, 4, 4]; R_ref is the rotation of the template whose direction is

@@ -1,4 +1,4 @@
-"""Public ops of vpog (SPEC §9). Each takes `backend="auto" | "reference" | <fast backend>`.
+"""Public ops of vpog (docs/conventions.md §9). Each takes `backend="auto" | "reference" | <fast backend>`.
 
 Every op module registers its backends with `vpog._backend` on import; `python -m vpog.info`
 lists what "auto" picks on this machine.

@@ -1,4 +1,4 @@
-"""Patch-local flow labels with visibility: the supervision of VPOG (SPEC §4).
+"""Patch-local flow labels with visibility: the supervision of VPOG (docs/conventions.md §4).
 
 For every (template s, query patch i) pair of a batch, computed on the tensors' device:
 
@@ -36,7 +36,7 @@ Exact rules (the reference and the Triton kernel implement the same ones):
   pipeline: 0.02 x object diameter).
 
 Image size: the patch size is fixed at 16 px; H and W may be any multiples of 16 (224 gives the
-14 x 14 grid of SPEC §1, so ``NP = 196`` and unseen = 196). Templates and query share H, W. The
+14 x 14 grid of docs/conventions.md §1, so ``NP = 196`` and unseen = 196). Templates and query share H, W. The
 grid is ``GH = H / 16`` by ``GW = W / 16``; the unseen class is always ``NP = GH * GW``.
 
 Outputs are labels: not differentiable, computed under ``torch.no_grad``.
@@ -67,7 +67,7 @@ RIGID_ATOL = 1e-3  # largest |R^T R - I|, |det R - 1| or |last row - (0, 0, 0, 1
 
 
 class FlowLabels(NamedTuple):
-    """Labels of a batch, SPEC §4 (G = 14 for 224 x 224 crops).
+    """Labels of a batch, docs/conventions.md §4 (G = 14 for 224 x 224 crops).
 
     patch_cls:     [B, S, GH, GW] int64, buddy template patch (0..NP-1), NP = unseen, -1 = ignore.
     coarse_flow:   [B, S, GH, GW, 2] float32, (u, v) buddy centre minus query patch centre, in patches.
@@ -295,7 +295,7 @@ def patch_flow_labels_reference(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t
 
 def patch_flow_labels(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau, backend="auto", *,
                       check_poses: bool = True) -> FlowLabels:
-    """Patch-local flow labels with visibility (SPEC §4), batched on the tensors' device.
+    """Patch-local flow labels with visibility (docs/conventions.md §4), batched on the tensors' device.
 
     Args:
         q_depth: query depth, z in the query camera frame, metres, 0 = empty. [B, H, W] float32.

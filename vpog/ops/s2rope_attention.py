@@ -1,6 +1,6 @@
 """S2RoPE attention: softmax(rot(q) rot(k)^T / sqrt(D)) v with rotary embeddings over (y, x, s1, s2).
 
-Math (SPEC §5). Head dim D is split into contiguous groups [y | x | s1 | s2] of 2 n_g channels.
+Math (docs/conventions.md §5). Head dim D is split into contiguous groups [y | x | s1 | s2] of 2 n_g channels.
 Inside group g, channels k and k + n_g form a pair rotated by the angle pos_g * w_k:
 
     out[k]       = x[k] cos(a) - x[k + n_g] sin(a)
@@ -185,7 +185,8 @@ class AutoRule:
 AUTO_TABLE: list[AutoRule] = [
     AutoRule(
         "triton_rope_sdpa:cudnn",
-        source="REFERENCES.md (H100, bf16): cuDNN SDPA is the fastest measured attention, fwd and bwd; "
+        source="benchmarks/RESULTS.md baselines (H100, bf16): cuDNN SDPA is the fastest measured attention, "
+        "fwd and bwd; "
         "the pre-pass moves 4 B H N D elements each way (~45 us fwd, ~45 us bwd at B=32, H=12, N=1378, "
         "D=64 at 3 TB/s: +4% on 2.16 ms fwd+bwd). The fused kernel is unmeasured: not chosen until it is.",
     ),

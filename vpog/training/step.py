@@ -1,6 +1,6 @@
 """VPOG's training task: batch -> flow labels on the device -> model -> classification + flow + EPro-PnP losses.
 
-One training step, on each rank (SPEC §3, §4, §6, §7):
+One training step, on each rank (docs/conventions.md §3, §4, §6, §7):
 
 1. the `VPOGBatch` (query + S templates per sample) moves to the device;
 2. `vpog.ops.patch_flow_labels` computes the patch-local flow labels there (fp32, no autograd),
@@ -27,31 +27,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from vpog.config_schema import from_mapping, to_plain
 from vpog.training.task import StepContext, StepOutput, TrainTask
 
 log = logging.getLogger(__name__)
-
-
-def _plain(node: Any) -> Any:
-    """DictConfig / ListConfig -> plain containers (omegaconf is optional: plain dicts pass through)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:
-        return node
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -59,7 +44,7 @@ class LabelConfig:
     """Flow-label settings (mirrors `labels:` in train.yaml)."""
 
     tau_factor: float = 0.02
-    """Depth tolerance of the visibility tests, as a fraction of the object diameter (SPEC §4)."""
+    """Depth tolerance of the visibility tests, as a fraction of the object diameter (docs/conventions.md §4)."""
 
     def __post_init__(self) -> None:
         if not self.tau_factor > 0:
@@ -77,16 +62,6 @@ class ValConfig:
         self.pose_metrics = bool(self.pose_metrics)
 
 
-def _section(cls, values: Mapping | None, name: str):
-    values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-                         f"valid: {', '.join(sorted(known))}")
-    return cls(**values)
-
-
 class VPOGTask(TrainTask):
     """The VPOG model, data, step and validation for `vpog.training.trainer.Trainer` (`task: vpog`)."""
 
@@ -100,18 +75,18 @@ class VPOGTask(TrainTask):
 
         self.seed = int(cfg.get("seed", 0))
         self._data_cfg = None
-        model_dict = dict(_plain(cfg["model"]))
+        model_dict = dict(to_plain(cfg["model"]))
         if cfg.get("machine") is not None and cfg["machine"].get("activation_checkpointing"):
             for part in ("encoder", "group_attention"):
                 model_dict[part] = dict(model_dict.get(part, {}), activation_checkpointing=True)
         self.model_cfg = vpog_config_from_dict(model_dict)
-        self.weights = LossWeights.from_dict(_plain(cfg.get("loss")) or {})
-        self.labels_cfg = _section(LabelConfig, _plain(cfg.get("labels")), "labels")
-        self.val_cfg = _section(ValConfig, _plain(cfg.get("val")), "val")
+        self.weights = from_mapping(LossWeights, cfg.get("loss"), "loss")
+        self.labels_cfg = from_mapping(LabelConfig, cfg.get("labels"), "labels")
+        self.val_cfg = from_mapping(ValConfig, cfg.get("val"), "val")
         self.pose_loss = None
         if self.weights.pnp_weight > 0:
             try:
-                self.pose_loss = MonteCarloPoseLoss(_section(PoseLossConfig, _plain(cfg.get("pnp")), "pnp"))
+                self.pose_loss = MonteCarloPoseLoss(from_mapping(PoseLossConfig, cfg.get("pnp"), "pnp"))
             except TypeError as exc:
                 raise ValueError(f"pnp: {exc}") from None
         # without the pose loss the PnP weight scale gets no gradient
@@ -130,7 +105,7 @@ class VPOGTask(TrainTask):
         if self._data_cfg is None:
             from vpog.data.dataset import DataConfig
 
-            self._data_cfg = DataConfig.from_cfg(self.cfg["data"])
+            self._data_cfg = from_mapping(DataConfig, self.cfg["data"], "data")
         return self._data_cfg
 
     def prepare_data(self) -> None:
@@ -159,7 +134,7 @@ class VPOGTask(TrainTask):
             from vpog.evaluation.split import SplitConfig, dataset_objects, split_objects
 
             objs, _ = dataset_objects(self._base(), 0)
-            self._split = split_objects(objs.tolist(), SplitConfig.from_cfg(_plain(self.cfg.get("split"))))
+            self._split = split_objects(objs.tolist(), from_mapping(SplitConfig, self.cfg.get("split"), "split"))
             log.info("set '%s': %d training objects, %d held out for validation %s", self._base().sources[0].name,
                      len(self._split[0]), len(self._split[1]), self._split[1])
         return self._split
@@ -223,7 +198,7 @@ class VPOGTask(TrainTask):
     # -- the step ------------------------------------------------------------------------------
 
     def labels(self, batch):
-        """SPEC §4 flow labels of a batch already on its device (no autograd)."""
+        """docs/conventions.md §4 flow labels of a batch already on its device (no autograd)."""
         from vpog.ops import patch_flow_labels
 
         tau = self.labels_cfg.tau_factor * batch.diameter.float()

@@ -45,7 +45,6 @@ save, validate), facebookresearch/vggt `training/trainer.py`, naver/dust3r `dust
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import resource
@@ -60,6 +59,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from vpog.config_schema import from_mapping, to_plain
+from vpog.model.vpog import unwrap_model
 from vpog.training import distributed as D
 from vpog.training import signals
 from vpog.training.checkpoint import CheckpointConfig, Checkpointer, load_checkpoint
@@ -120,39 +121,14 @@ class TrainerConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> TrainerConfig:
         """From the composed DictConfig (or a plain dict); unknown keys in the trainer's sections raise."""
-        raw = dict(_to_container(cfg))
-        sections = {"optim": OptimConfig, "checkpoint": CheckpointConfig, "faults": FaultConfig,
-                    "log": LogConfig, "machine": D.MachineConfig}
-        kwargs: dict[str, Any] = {}
-        for name, sec_cls in sections.items():
-            kwargs[name] = _make(sec_cls, raw.get(name) or {}, name)
-        for name in ("task", "seed", "output_dir", "run_name"):
-            if name in raw:
-                kwargs[name] = raw[name]
+        raw = to_plain(cfg)
+        kwargs: dict[str, Any] = {name: from_mapping(sec_cls, raw.get(name), name)
+                                  for name, sec_cls in (("optim", OptimConfig), ("checkpoint", CheckpointConfig),
+                                                        ("faults", FaultConfig), ("log", LogConfig),
+                                                        ("machine", D.MachineConfig))}
+        kwargs.update({name: raw[name] for name in ("task", "seed", "output_dir", "run_name") if name in raw})
         kwargs["ops_backend"] = (raw.get("ops") or {}).get("backend", "auto")
         return cls(**kwargs)
-
-
-def _to_container(cfg: Any) -> Any:
-    """A composed DictConfig as plain dicts and lists; anything else unchanged (omegaconf is optional)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:
-        return cfg
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
-def _make(cls, values: dict, section: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
-                         f"valid: {', '.join(sorted(known))}")
-    return cls(**values)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _peak_memory_gib(device: torch.device) -> float:
@@ -238,11 +214,9 @@ class Trainer:
 
     def _save_config(self) -> None:
         """The resolved config of the run: config.yaml (with omegaconf) or config.json."""
-        try:
-            from omegaconf import DictConfig, OmegaConf
-        except ImportError:
-            DictConfig = None
-        if DictConfig is not None and isinstance(self.cfg, DictConfig):
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(self.cfg, DictConfig):
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
         else:
             import json
@@ -275,7 +249,7 @@ class Trainer:
         if path is None:
             return None
         state = found[1] if found else load_checkpoint(path)
-        _unwrap(self.model).load_state_dict(state["model"])
+        unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -309,9 +283,9 @@ class Trainer:
                                         "skipped_samples": self.skipped_samples})
         if not self.ctx.is_main:
             return {}
-        cfg = _to_container(self.cfg)
+        cfg = to_plain(self.cfg)
         return {
-            "model": _unwrap(self.model).state_dict(),
+            "model": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -478,7 +452,7 @@ class Trainer:
         c = self.config
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            model = _unwrap(self.model)
+            model = unwrap_model(self.model)
             model.eval()
             # one pass at most: this rank's share (every world_size-th sample), up to val_batches batches;
             # no wrap-around, so a small held-out set is not counted several times
@@ -518,7 +492,7 @@ class Trainer:
         if hasattr(self, "metrics"):
             self.metrics.close()
         if hasattr(self, "model"):
-            self.model = _unwrap(self.model)  # DDP holds the process group
+            self.model = unwrap_model(self.model)  # DDP holds the process group
         timeout = self.config.faults.process_group_timeout_s if hasattr(self, "config") else 60.0
         D.destroy_distributed(abort=abort, timeout_s=min(timeout, 60.0))
         if hasattr(self, "stop"):  # last: torchrun's SIGTERM to the other ranks after one failed must not
