@@ -108,12 +108,9 @@ class MetricLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         if config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_step or None)
-            except ImportError as exc:
-                log.warning("TensorBoard logging off: %s", exc)
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_step or None)
         use_bar = config.progress_bar == "true" or (config.progress_bar == "auto" and sys.stderr.isatty())
         if use_bar:
             from tqdm import tqdm

@@ -253,19 +253,13 @@ class VPOGTask(TrainTask):
         values = {("loss_" + k if k in ("cls", "flow_nll", "flow_invisible") else k): v.detach().float().reshape(1)
                   for k, v in parts.items() if k not in ("num_visible",)}
         if self.val_cfg.pose_metrics:
-            validator = self._pose_validator()
-            if validator is not None:
-                values.update(validator.batch_values(model, batch))
+            values.update(self._pose_validator().batch_values(model, batch))
         return values
 
     def _pose_validator(self):
         if self._validator is None:
-            try:
-                from vpog.evaluation.runner import PoseValidator
-            except ImportError as exc:
-                log.warning("pose metrics off in validation: %s", exc)
-                self.val_cfg.pose_metrics = False
-                return None
+            from vpog.evaluation.runner import PoseValidator
+
             self._validator = PoseValidator.from_dataset(self.val_dataset())
         return self._validator
 
