@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from vpog._backend import triton_interpreter, triton_status
+from vpog.geometry import PATCH_SIZE
 from vpog.ops import patch_flow_labels
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "ops"))
@@ -89,4 +90,4 @@ def test_bench_patch_flow_labels_kernel(benchmark, run_bench, block_p, num_warps
     benchmark.extra_info.update(block_p=block_p, num_warps=num_warps)
     run_bench(benchmark, patch_flow_labels_fwd, backend=f"triton block_p={block_p} num_warps={num_warps}",
               op="patch_flow_labels", items=_bytes(B, S, H, W), unit="bytes", **scene,
-              block_p=block_p, num_warps=num_warps)
+              patch_size=PATCH_SIZE, block_p=block_p, num_warps=num_warps)

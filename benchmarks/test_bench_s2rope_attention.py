@@ -1,39 +1,35 @@
-"""Benchmark S2RoPE attention: every path, bf16, forward and forward + backward, one run.
+"""Benchmark S2RoPE attention: every backend side by side, bf16, forward and forward + backward, one run.
 
 GPU shapes (the issue's; D = 64, n = (10, 10, 6, 6)):
     per_image  B=224, H=12, N=196     (ViT-B encoder, one crop per sequence)
     group_b    B=32,  H=12, N=1378    (ViT-B group attention: query + 6 templates + unseen tokens)
     group_l    B=32,  H=16, N=1378    (ViT-L)
-Providers:
-    cudnn_no_rope             cuDNN SDPA without any rotation: the limit
-    reference                 the eager PyTorch reference (rotation + default SDPA)
-    compiled_rope_cudnn       torch.compile'd rotation + cuDNN SDPA
-    triton                    the fused kernel (rotation inside flash attention)
-    triton_rope_sdpa:cudnn    Triton rotation pre-pass + cuDNN SDPA
-    triton_rope_sdpa:flash    Triton rotation pre-pass + flash SDPA
-    auto                      what backend="auto" picks (AUTO_TABLE)
+Providers (the three backends by name, "auto", two baselines):
+    cudnn_no_rope         cuDNN SDPA without any rotation: the limit
+    reference             the eager PyTorch reference (rotation + default SDPA)
+    compiled_rope_cudnn   torch.compile'd rotation + cuDNN SDPA
+    triton                the fused kernel (rotation inside flash attention)
+    triton_rope_sdpa      Triton rotation pre-pass + SDPA, cuDNN first
+    auto                  what backend="auto" picks (its backend is stored as `auto_backend`)
 Each case stores TFLOP/s (4 B H N^2 D forward, 2.5x that backward) and `vs_cudnn_no_rope`
 (time of this provider / time of the limit) in extra_info; the conftest adds the speedup over the
-reference of the same group. The fastest fast path per shape is what AUTO_TABLE should say.
+reference of the same group. These numbers are what may change the "auto" rule
+(docs/s2rope_attention.md).
 CPU: a tiny case through the Triton interpreter (correctness of the harness only, not a timing).
 """
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vpog.ops.s2rope_attention import s2rope_attention
-
-ops_mod = importlib.import_module("vpog.ops.s2rope_attention")
+from vpog._backend import select_backend
+from vpog.ops.s2rope_attention import s2rope_attention, s2rope_pair_tables
 
 N_SPLIT = (10, 10, 6, 6)
 GPU_SHAPES = {"per_image": (224, 12, 196, 64), "group_b": (32, 12, 1378, 64), "group_l": (32, 16, 1378, 64)}
-PROVIDERS = ("cudnn_no_rope", "reference", "compiled_rope_cudnn", "triton", "triton_rope_sdpa:cudnn",
-             "triton_rope_sdpa:flash", "auto")
+PROVIDERS = ("cudnn_no_rope", "reference", "compiled_rope_cudnn", "triton", "triton_rope_sdpa", "auto")
 _MEANS: dict[tuple, float] = {}
 
 
@@ -54,25 +50,23 @@ def _rope_compilable(x, pos, pair_freq, n):
 _rope_compiled = None
 
 
-def _sdpa(q, k, v, which="cudnn"):
+def _cudnn_sdpa(q, k, v):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION if which == "cudnn" else SDPBackend.FLASH_ATTENTION):
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         return F.scaled_dot_product_attention(q, k, v)
 
 
 def _provider_fn(provider, pos, device):
     global _rope_compiled
     if provider == "cudnn_no_rope":
-        return lambda q, k, v: _sdpa(q, k, v)
+        return _cudnn_sdpa
     if provider == "compiled_rope_cudnn":
         if _rope_compiled is None:
             _rope_compiled = torch.compile(_rope_compilable)
-        _, pair_freq = ops_mod.s2rope_pair_tables(N_SPLIT, device=device)
-        return lambda q, k, v: _sdpa(_rope_compiled(q, pos, pair_freq, N_SPLIT),
-                                     _rope_compiled(k, pos, pair_freq, N_SPLIT), v)
-    if provider.startswith("triton_rope_sdpa:"):
-        return lambda q, k, v: ops_mod._run_path(provider, q, k, v, pos, N_SPLIT, 100.0, 4.0, 32.0)
+        _, pair_freq = s2rope_pair_tables(N_SPLIT, device=device)
+        return lambda q, k, v: _cudnn_sdpa(_rope_compiled(q, pos, pair_freq, N_SPLIT),
+                                           _rope_compiled(k, pos, pair_freq, N_SPLIT), v)
     return lambda q, k, v: s2rope_attention(q, k, v, pos, N_SPLIT, backend=provider)
 
 
@@ -98,10 +92,9 @@ def _bench(benchmark, run_bench, shape_name, shape, mode, provider, dtype, devic
 
     benchmark.group = f"s2rope_attention {shape_name} {mode} {str(dtype).removeprefix('torch.')}"
     flops = 4 * B * H * N * N * D * (3.5 if train else 1.0)
-    backend = "reference" if provider == "reference" else provider
-    run_bench(benchmark, step, backend=backend, op="s2rope_attention", items=flops / 1e12, unit="TFLOP")
+    run_bench(benchmark, step, backend=provider, op="s2rope_attention", items=flops / 1e12, unit="TFLOP")
     if provider == "auto":
-        benchmark.extra_info["auto_path"] = ops_mod.s2rope_attention_auto_path(q, k, v, pos, N_SPLIT)
+        benchmark.extra_info["auto_backend"] = select_backend("s2rope_attention", "auto", device)
     stats = getattr(benchmark, "stats", None)
     if stats is not None:
         _MEANS[(shape_name, mode, provider)] = stats.stats.mean

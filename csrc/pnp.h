@@ -1,9 +1,12 @@
-// Launchers of the PnP ops (solver, cost, Monte Carlo proposals). The .cpp files check inputs and
-// call the CPU implementation or, for CUDA tensors, these CUDA launchers (pnp_*_cuda.cu).
+// Host side shared by the PnP ops (solver, cost, Monte Carlo proposals): the input checks, the
+// arguments' common head, and the CUDA launchers of the cost (those of the solver and the sampler sit
+// next to their argument structs, pnp_solver.h and pnp_amis.h). The .cpp files check inputs and call
+// the CPU implementation or, for CUDA tensors, the CUDA launchers (pnp_*_cuda.cu).
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/util/Optional.h>
+
+#include "pnp_math.h"
 
 namespace vpog {
 namespace pnp {
@@ -14,14 +17,21 @@ void check_problem_tensors(const at::Tensor& x3d, const at::Tensor& x2d, const a
 // pose must be [P, B, 7] of x3d's dtype and device.
 void check_pose_tensor(const char* name, const at::Tensor& pose, const at::Tensor& x3d);
 
-#ifdef VPOG_WITH_CUDA
-void solve_cuda(const at::Tensor& x3d, const at::Tensor& x2d, const at::Tensor& w2d, const at::Tensor& K,
-                const at::Tensor& delta, const at::Tensor* pose_init, const at::Tensor* rs_index,
-                const at::Tensor* rs_quat, int64_t num_iter, int64_t init_iter, bool fast_mode,
-                bool force_init_solve, double z_min, at::Tensor& rs_center, at::Tensor& rs_pose,
-                at::Tensor& rs_cost, at::Tensor& pose, at::Tensor& cost, at::Tensor& jtj, at::Tensor& valid,
-                at::Tensor& cost_init);
+// Points the common head of an op's arguments (SolveArgs, AmisArgs) at contiguous tensors of dtype T
+// that passed check_problem_tensors.
+template <typename T>
+void set_problem_args(ProblemArgs<T>& a, const at::Tensor& x3d, const at::Tensor& x2d, const at::Tensor& w2d,
+                      const at::Tensor& K, const at::Tensor& delta) {
+  a.x3d = x3d.data_ptr<T>();
+  a.x2d = x2d.data_ptr<T>();
+  a.w2d = w2d.data_ptr<T>();
+  a.K = K.data_ptr<T>();
+  a.delta = delta.data_ptr<T>();
+  a.B = x3d.size(0);
+  a.N = x3d.size(1);
+}
 
+#ifdef VPOG_WITH_CUDA
 void cost_fwd_cuda(const at::Tensor& pose, const at::Tensor& x3d, const at::Tensor& x2d, const at::Tensor& w2d,
                    const at::Tensor& K, const at::Tensor& delta, double z_min, at::Tensor& cost);
 

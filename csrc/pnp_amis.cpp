@@ -36,55 +36,12 @@ void amis_cpu(const AmisArgs<T>& a) {
           draw_sample(props[i], a.normal_t + nb * 3, a.chi2[nb], a.normal_r + nb * 4, sample(m));
           a.cost[nb] = problem_cost(x3, x2, w2, a.N, K, a.delta[b], a.z_min, sample(m), 0, 1, red);
         }
-        for (int64_t m = 0; m < (i + 1) * S; ++m) lp[m * R + i] = proposal_log_prob(props[i], sample(m));
-        for (int64_t s = 0; s < S; ++s)
-          for (int64_t j = 0; j < i; ++j) lp[(i * S + s) * R + j] = proposal_log_prob(props[j], sample(i * S + s));
-        const T log_n = vlog(T(i + 1));
-        for (int64_t m = 0; m < (i + 1) * S; ++m) {
-          const T mix = logsumexp(&lp[m * R], static_cast<int>(i + 1)) - log_n;
-          if (i == R - 1) {
-            a.log_q[m * B + b] = mix;
-          } else {
-            lw[m] = -a.cost[m * B + b] - mix;
-          }
-        }
+        for (int64_t m = 0; m < (i + 1) * S; ++m) mixture_step(a, props, i, m, b, &lp[m * R], lw.data());
         if (i == R - 1) break;
         // refit to the (i + 1) S samples so far with softmax weights
-        const int64_t M = (i + 1) * S;
-        T mx = lw[0];
-        for (int64_t m = 1; m < M; ++m) mx = lw[m] > mx || lw[m] != lw[m] ? lw[m] : mx;
-        T z = T(0);
-        for (int64_t m = 0; m < M; ++m) z += vexp(lw[m] - mx);
-        T mean[3] = {T(0), T(0), T(0)};
-        for (int64_t m = 0; m < M; ++m) {
-          const T w = vexp(lw[m] - mx) / z;
-          for (int d = 0; d < 3; ++d) mean[d] += w * sample(m)[d];
-        }
-        T cov[6] = {T(0), T(0), T(0), T(0), T(0), T(0)};
-        for (int64_t m = 0; m < M; ++m) {
-          const T w = vexp(lw[m] - mx) / z;
-          const T* t = sample(m);
-          const T d[3] = {t[0] - mean[0], t[1] - mean[1], t[2] - mean[2]};
-          cov[0] += w * d[0] * d[0];
-          cov[1] += w * d[0] * d[1];
-          cov[2] += w * d[0] * d[2];
-          cov[3] += w * d[1] * d[1];
-          cov[4] += w * d[1] * d[2];
-          cov[5] += w * d[2] * d[2];
-        }
-        Proposal<T>& next = props[i + 1];
-        translation_refit(mean, cov, next);
-        T C[16];
-        for (int m = 0; m < 16; ++m) C[m] = (m % 5 == 0) ? T(1) : T(0);
-        for (int it = 0; it < a.acg_mle_iter; ++it) {
-          T inv[16];
-          general_inverse<T, 4>(C, inv);
-          T acc[11] = {};
-          for (int64_t m = 0; m < M; ++m) acg_accumulate(sample(m) + 3, inv, vexp(lw[m] - mx) / z, a.eps, acc);
-          acg_matrix(acc[0], acc + 1, a.eps, C);
-        }
-        dispersed_tril(C, a.dispersion, next.lr);
-        finish_proposal(next);
+        T mean[3], cov[6], C[16];
+        refit_moments(a.samples + b * 7, B * 7, lw.data(), (i + 1) * S, a.acg_mle_iter, a.eps, 0, 1, red, mean, cov, C);
+        proposal_from_moments(mean, cov, C, a.dispersion, props[i + 1]);
       }
     }
   });
@@ -96,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnp_amis_op(
     const at::Tensor& normal_t_in, const at::Tensor& chi2_in, const at::Tensor& normal_r_in, double z_min,
     int64_t acg_mle_iter, double acg_dispersion, double eps) {
   check_problem_tensors(x3d_in, x2d_in, w2d_in, K_in, delta_in);
-  const int64_t B = x3d_in.size(0), N = x3d_in.size(1);
+  const int64_t B = x3d_in.size(0);
   const auto opts = x3d_in.options();
   auto same = [&](const char* name, const at::Tensor& t) {
     TORCH_CHECK_VALUE(t.scalar_type() == x3d_in.scalar_type() && t.device() == x3d_in.device(), name,
@@ -130,18 +87,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pnp_amis_op(
   const auto normal_r = normal_r_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x3d.scalar_type(), "pnp_amis", [&] {
     AmisArgs<scalar_t> a;
-    a.x3d = x3d.data_ptr<scalar_t>();
-    a.x2d = x2d.data_ptr<scalar_t>();
-    a.w2d = w2d.data_ptr<scalar_t>();
-    a.K = K.data_ptr<scalar_t>();
-    a.delta = delta.data_ptr<scalar_t>();
+    set_problem_args(a, x3d, x2d, w2d, K, delta);
     a.pose_opt = pose_opt.data_ptr<scalar_t>();
     a.jtj = jtj.data_ptr<scalar_t>();
     a.normal_t = normal_t.data_ptr<scalar_t>();
     a.chi2 = chi2.data_ptr<scalar_t>();
     a.normal_r = normal_r.data_ptr<scalar_t>();
-    a.B = B;
-    a.N = N;
     a.R = R;
     a.S = S;
     a.z_min = static_cast<scalar_t>(z_min);

@@ -19,19 +19,15 @@ constexpr double kStudentConst = 2.5510838435810745;
 constexpr double kLogAcgArea = 2.9826069522587457;  // log(2 pi^2)
 constexpr double kAcgSampleEps = 1e-6;
 
+// Arguments of vpog::pnp_amis, filled once by the op (pnp_amis.cpp) for the CPU loop and the CUDA kernel.
 template <typename T>
-struct AmisArgs {
-  const T* x3d;       // [B, N, 3]
-  const T* x2d;       // [B, N, 2]
-  const T* w2d;       // [B, N, 2]
-  const T* K;         // [B, 3, 3]
-  const T* delta;     // [B]
+struct AmisArgs : ProblemArgs<T> {
   const T* pose_opt;  // [B, 7]
   const T* jtj;       // [B, 6, 6]
   const T* normal_t;  // [R, S, B, 3]
   const T* chi2;      // [R, S, B]
   const T* normal_r;  // [R, S, B, 4]
-  int64_t B, N, R, S;
+  int64_t R, S;
   T z_min;
   int acg_mle_iter;
   T dispersion, eps;
@@ -52,6 +48,28 @@ struct Proposal {
   T lt_logdet, lr_logdet;  // sum of log diag
 };
 
+// Partial pivoting on column c of the D rows of m (row-major, LD entries a row): swaps the row r >= c
+// with the largest |m[r][c]| (the first of equals) into row c. Returns whether two rows were swapped.
+template <typename T, int D, int LD>
+VPOG_HD bool pivot_rows(T* m, int c) {
+  int piv = c;
+  T best = m[c * LD + c] < T(0) ? -m[c * LD + c] : m[c * LD + c];
+  for (int r = c + 1; r < D; ++r) {
+    const T v = m[r * LD + c] < T(0) ? -m[r * LD + c] : m[r * LD + c];
+    if (v > best) {
+      best = v;
+      piv = r;
+    }
+  }
+  if (piv == c) return false;
+  for (int j = 0; j < LD; ++j) {
+    const T tmp = m[c * LD + j];
+    m[c * LD + j] = m[piv * LD + j];
+    m[piv * LD + j] = tmp;
+  }
+  return true;
+}
+
 // Inverse of a general D x D matrix by Gauss-Jordan elimination with partial pivoting
 // (torch.linalg.inv_ex: a singular matrix gives inf/NaN, no error).
 template <typename T, int D>
@@ -64,22 +82,7 @@ VPOG_HD void general_inverse(const T* A, T* inv) {
     }
   }
   for (int c = 0; c < D; ++c) {
-    int piv = c;
-    T best = m[c * 2 * D + c] < T(0) ? -m[c * 2 * D + c] : m[c * 2 * D + c];
-    for (int r = c + 1; r < D; ++r) {
-      const T v = m[r * 2 * D + c] < T(0) ? -m[r * 2 * D + c] : m[r * 2 * D + c];
-      if (v > best) {
-        best = v;
-        piv = r;
-      }
-    }
-    if (piv != c) {
-      for (int j = 0; j < 2 * D; ++j) {
-        const T tmp = m[c * 2 * D + j];
-        m[c * 2 * D + j] = m[piv * 2 * D + j];
-        m[piv * 2 * D + j] = tmp;
-      }
-    }
+    pivot_rows<T, D, 2 * D>(m, c);
     const T p = m[c * 2 * D + c];
     for (int j = 0; j < 2 * D; ++j) m[c * 2 * D + j] /= p;
     for (int r = 0; r < D; ++r) {
@@ -99,23 +102,7 @@ VPOG_HD T determinant(const T* A) {
   for (int i = 0; i < D * D; ++i) m[i] = A[i];
   T det = T(1);
   for (int c = 0; c < D; ++c) {
-    int piv = c;
-    T best = m[c * D + c] < T(0) ? -m[c * D + c] : m[c * D + c];
-    for (int r = c + 1; r < D; ++r) {
-      const T v = m[r * D + c] < T(0) ? -m[r * D + c] : m[r * D + c];
-      if (v > best) {
-        best = v;
-        piv = r;
-      }
-    }
-    if (piv != c) {
-      for (int j = 0; j < D; ++j) {
-        const T tmp = m[c * D + j];
-        m[c * D + j] = m[piv * D + j];
-        m[piv * D + j] = tmp;
-      }
-      det = -det;
-    }
+    if (pivot_rows<T, D, D>(m, c)) det = -det;
     const T p = m[c * D + c];
     det *= p;
     if (p == T(0)) return det;
@@ -175,8 +162,8 @@ VPOG_HD void initial_proposal(const T* pose, const T* jtj, T dispersion, Proposa
   cholesky_or_identity<T, 3>(ctt, p.lt);
   T irr[9];
   general_inverse<T, 3>(crr, irr);
-  const T w = pose[3], i = pose[4], j = pose[5], k = pose[6];
-  const T Tm[12] = {i, j, k, -w, -k, j, k, -w, -i, -j, i, -w};  // 4x3 quaternion tangent map
+  T Tm[12];  // 4x3 quaternion tangent map at the solution
+  quaternion_tangent(pose + 3, Tm);
   T TI[12];  // T @ irr
   for (int r = 0; r < 4; ++r)
     for (int c = 0; c < 3; ++c) TI[r * 3 + c] = Tm[r * 3] * irr[c] + Tm[r * 3 + 1] * irr[3 + c] + Tm[r * 3 + 2] * irr[6 + c];
@@ -250,13 +237,37 @@ VPOG_HD T logsumexp(const T* x, int n) {
   return m + vlog(s);
 }
 
-// Translation refit from weighted sums: wt = sum w t (3), wtt = sum w (t - mean)(t - mean)^T (6, packed
-// xx xy xz yy yz zz) -> loc and chol(cov) (identity if not PD).
+// AMIS round i for sample m < (i + 1) S of problem b: completes its row lp_row[0..i] of log densities
+// (under proposal i; a sample of round i also under proposals 0..i-1, the older rows are kept from the
+// earlier rounds) and the mixture log density log q = logsumexp_j lp_row[j] - log(i + 1); stores log q
+// (last round) or the log weight -cost - log q into lw[m].
 template <typename T>
-VPOG_HD void translation_refit(const T* mean, const T* cov6, Proposal<T>& p) {
-  for (int d = 0; d < 3; ++d) p.loc[d] = mean[d];
-  const T C[9] = {cov6[0], cov6[1], cov6[2], cov6[1], cov6[3], cov6[4], cov6[2], cov6[4], cov6[5]};
-  cholesky_or_identity<T, 3>(C, p.lt);
+VPOG_HD void mixture_step(const AmisArgs<T>& a, const Proposal<T>* props, int64_t i, int64_t m, int64_t b, T* lp_row,
+                          T* lw) {
+  const T* smp = a.samples + (m * a.B + b) * 7;
+  lp_row[i] = proposal_log_prob(props[i], smp);
+  if (m >= i * a.S) {
+    for (int64_t j = 0; j < i; ++j) lp_row[j] = proposal_log_prob(props[j], smp);
+  }
+  const T log_q = logsumexp(lp_row, static_cast<int>(i + 1)) - vlog(T(i + 1));
+  if (i == a.R - 1) {
+    a.log_q[m * a.B + b] = log_q;
+  } else {
+    lw[m] = -a.cost[m * a.B + b] - log_q;
+  }
+}
+
+// Per-sample terms of the ACG step: a = w / max(q^T inv q, eps); adds a and a q q^T to acc[11].
+template <typename T>
+VPOG_HD void acg_accumulate(const T* q, const T* inv, T w, T eps, T* acc) {
+  T iq[4];
+  for (int r = 0; r < 4; ++r) iq[r] = inv[r * 4] * q[0] + inv[r * 4 + 1] * q[1] + inv[r * 4 + 2] * q[2] + inv[r * 4 + 3] * q[3];
+  const T M = q[0] * iq[0] + q[1] * iq[1] + q[2] * iq[2] + q[3] * iq[3];
+  const T a = w / clamp_min(M, eps);
+  acc[0] += a;
+  int idx = 1;
+  for (int r = 0; r < 4; ++r)
+    for (int c = r; c < 4; ++c) acc[idx++] += a * q[r] * q[c];
 }
 
 // ACG fixed-point step from sums: sa = sum a_k, saqq = sum a_k q_k q_k^T (10, packed upper) ->
@@ -274,17 +285,64 @@ VPOG_HD void acg_matrix(T sa, const T* saqq, T eps, T* C) {
   }
 }
 
-// Per-sample terms of the ACG step: a = w / max(q^T inv q, eps); adds a and a q q^T to acc[11].
+// The moments of EPro-PnP's estimate_params (the proposal refit between AMIS rounds) over samples
+// m = 0..M-1 (pose m at samples + m * sample_stride) with weights softmax(lw): the weighted mean [3] and
+// covariance cov [6] (packed xx xy xz yy yz zz) of the translations, and C [16], `acg_mle_iter`
+// fixed-point steps of the ACG maximum likelihood from C = I. Workers lane = 0..stride-1 split the
+// samples and `red` completes the sums and maxima (SerialReduce on the CPU, BlockReduce on the GPU), so
+// every worker ends with the same moments.
+VPOG_HD_TEMPLATE
+template <typename T, class Red>
+VPOG_HD void refit_moments(const T* samples, int64_t sample_stride, const T* lw, int64_t M, int acg_mle_iter, T eps,
+                           int lane, int stride, const Red& red, T* mean, T* cov, T* C) {
+  T mx = T(-INFINITY);
+  for (int64_t m = lane; m < M; m += stride) mx = nan_max(mx, lw[m]);
+  mx = red.max(mx);
+  T z = T(0);
+  for (int64_t m = lane; m < M; m += stride) z += vexp(lw[m] - mx);
+  red.sum(&z, 1);
+  for (int d = 0; d < 3; ++d) mean[d] = T(0);
+  for (int64_t m = lane; m < M; m += stride) {
+    const T w = vexp(lw[m] - mx) / z;
+    const T* t = samples + m * sample_stride;
+    for (int d = 0; d < 3; ++d) mean[d] += w * t[d];
+  }
+  red.sum(mean, 3);
+  for (int e = 0; e < 6; ++e) cov[e] = T(0);
+  for (int64_t m = lane; m < M; m += stride) {
+    const T w = vexp(lw[m] - mx) / z;
+    const T* t = samples + m * sample_stride;
+    const T d[3] = {t[0] - mean[0], t[1] - mean[1], t[2] - mean[2]};
+    cov[0] += w * d[0] * d[0];
+    cov[1] += w * d[0] * d[1];
+    cov[2] += w * d[0] * d[2];
+    cov[3] += w * d[1] * d[1];
+    cov[4] += w * d[1] * d[2];
+    cov[5] += w * d[2] * d[2];
+  }
+  red.sum(cov, 6);
+  for (int e = 0; e < 16; ++e) C[e] = (e % 5 == 0) ? T(1) : T(0);
+  for (int it = 0; it < acg_mle_iter; ++it) {
+    T inv[16];
+    general_inverse<T, 4>(C, inv);
+    T acc[11] = {};
+    for (int64_t m = lane; m < M; m += stride) {
+      acg_accumulate(samples + m * sample_stride + 3, inv, vexp(lw[m] - mx) / z, eps, acc);
+    }
+    red.sum(acc, 11);
+    acg_matrix(acc[0], acc + 1, eps, C);
+  }
+}
+
+// The refitted proposal from the moments of refit_moments: location mean, translation scale chol(cov)
+// and rotation scale dispersed_tril(C) (a factorisation that fails gives the identity).
 template <typename T>
-VPOG_HD void acg_accumulate(const T* q, const T* inv, T w, T eps, T* acc) {
-  T iq[4];
-  for (int r = 0; r < 4; ++r) iq[r] = inv[r * 4] * q[0] + inv[r * 4 + 1] * q[1] + inv[r * 4 + 2] * q[2] + inv[r * 4 + 3] * q[3];
-  const T M = q[0] * iq[0] + q[1] * iq[1] + q[2] * iq[2] + q[3] * iq[3];
-  const T a = w / clamp_min(M, eps);
-  acc[0] += a;
-  int idx = 1;
-  for (int r = 0; r < 4; ++r)
-    for (int c = r; c < 4; ++c) acc[idx++] += a * q[r] * q[c];
+VPOG_HD void proposal_from_moments(const T* mean, const T* cov, const T* C, T dispersion, Proposal<T>& p) {
+  for (int d = 0; d < 3; ++d) p.loc[d] = mean[d];
+  const T ct[9] = {cov[0], cov[1], cov[2], cov[1], cov[3], cov[4], cov[2], cov[4], cov[5]};
+  cholesky_or_identity<T, 3>(ct, p.lt);
+  dispersed_tril(C, dispersion, p.lr);
+  finish_proposal(p);
 }
 
 }  // namespace pnp

@@ -62,65 +62,13 @@ __global__ void __launch_bounds__(kThreads) amis_kernel(AmisArgs<T> a, T* lp_all
     }
     __syncthreads();  // samples and costs of round i are visible to the whole block
     const int64_t M = (i + 1) * S;
-    const T log_n = vlog(T(i + 1));
-    T local_max = T(-INFINITY);
-    for (int64_t m = tid; m < M; m += kThreads) {
-      const T* smp = a.samples + (m * B + b) * 7;
-      lp[m * R + i] = proposal_log_prob(props[i], smp);
-      if (m >= i * S) {
-        for (int64_t j = 0; j < i; ++j) lp[m * R + j] = proposal_log_prob(props[j], smp);
-      }
-      const T mix = logsumexp(lp + m * R, static_cast<int>(i + 1)) - log_n;
-      if (i == R - 1) {
-        a.log_q[m * B + b] = mix;
-      } else {
-        lw[m] = -a.cost[m * B + b] - mix;
-        local_max = nan_max(local_max, lw[m]);
-      }
-    }
+    for (int64_t m = tid; m < M; m += kThreads) mixture_step(a, props, i, m, b, lp + m * R, lw);
     if (i == R - 1) break;
     // refit the proposal to the (i + 1) S samples with softmax weights
-    const T mx = block_max(local_max, buf);
-    T z = T(0);
-    for (int64_t m = tid; m < M; m += kThreads) z += vexp(lw[m] - mx);
-    block_sum(&z, 1, buf);
-    T mean[3] = {T(0), T(0), T(0)};
-    for (int64_t m = tid; m < M; m += kThreads) {
-      const T w = vexp(lw[m] - mx) / z;
-      const T* t = a.samples + (m * B + b) * 7;
-      for (int e = 0; e < 3; ++e) mean[e] += w * t[e];
-    }
-    block_sum(mean, 3, buf);
-    T cov[6] = {T(0), T(0), T(0), T(0), T(0), T(0)};
-    for (int64_t m = tid; m < M; m += kThreads) {
-      const T w = vexp(lw[m] - mx) / z;
-      const T* t = a.samples + (m * B + b) * 7;
-      const T d[3] = {t[0] - mean[0], t[1] - mean[1], t[2] - mean[2]};
-      cov[0] += w * d[0] * d[0];
-      cov[1] += w * d[0] * d[1];
-      cov[2] += w * d[0] * d[2];
-      cov[3] += w * d[1] * d[1];
-      cov[4] += w * d[1] * d[2];
-      cov[5] += w * d[2] * d[2];
-    }
-    block_sum(cov, 6, buf);
-    T C[16];
-    for (int e = 0; e < 16; ++e) C[e] = (e % 5 == 0) ? T(1) : T(0);
-    for (int it = 0; it < a.acg_mle_iter; ++it) {
-      T inv[16];
-      general_inverse<T, 4>(C, inv);
-      T acc[11] = {};
-      for (int64_t m = tid; m < M; m += kThreads) {
-        acg_accumulate(a.samples + (m * B + b) * 7 + 3, inv, vexp(lw[m] - mx) / z, a.eps, acc);
-      }
-      block_sum(acc, 11, buf);
-      acg_matrix(acc[0], acc + 1, a.eps, C);
-    }
-    if (tid == 0) {
-      translation_refit(mean, cov, props[i + 1]);
-      dispersed_tril(C, a.dispersion, props[i + 1].lr);
-      finish_proposal(props[i + 1]);
-    }
+    T mean[3], cov[6], C[16];
+    refit_moments(a.samples + b * 7, B * 7, lw, M, a.acg_mle_iter, a.eps, tid, kThreads, BlockReduce<T>{buf}, mean,
+                  cov, C);
+    if (tid == 0) proposal_from_moments(mean, cov, C, a.dispersion, props[i + 1]);
     __syncthreads();
   }
 }

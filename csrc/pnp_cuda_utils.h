@@ -6,6 +6,8 @@
 
 #include <cuda_runtime.h>
 
+#include "pnp_math.h"
+
 namespace vpog {
 namespace pnp {
 
@@ -24,12 +26,6 @@ struct WarpReduce {
   }
   __device__ __forceinline__ bool any(bool x) const { return __any_sync(kFullMask, x) != 0; }
 };
-
-// NaN-propagating max (torch semantics).
-template <typename T>
-__device__ __forceinline__ T nan_max(T a, T b) {
-  return (a != a || a > b) ? a : b;  // a NaN b falls through to b
-}
 
 // Sums v[0..n-1] over the block (blockDim.x a multiple of 32, at most 32 warps); every thread gets the
 // totals. buf: shared memory of at least (blockDim.x / 32) * n elements. Call from all threads.
@@ -63,6 +59,16 @@ __device__ T block_max(T x, T* buf) {
   __syncthreads();
   return m;
 }
+
+// The reducer of a block (the interface of SerialReduce and WarpReduce): threads split the items, sums
+// and NaN-propagating maxima are completed across the block. buf: shared memory of at least
+// (blockDim.x / 32) * n elements for sums of n values. Call from all threads.
+template <typename T>
+struct BlockReduce {
+  T* buf;
+  __device__ __forceinline__ void sum(T* v, int n) const { block_sum(v, n, buf); }
+  __device__ __forceinline__ T max(T x) const { return block_max(x, buf); }
+};
 
 }  // namespace pnp
 }  // namespace vpog

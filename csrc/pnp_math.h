@@ -3,7 +3,8 @@
 // Everything here is __host__ __device__ and works on one problem (or one point of it), so the
 // CPU loops and the CUDA kernels run the same arithmetic; they differ only in how sums over
 // points are reduced (sequentially on the CPU, by warp or block reductions on the GPU).
-// Semantics: SPEC §6 and the docstrings of vpog/ops/pnp_solve.py and vpog/ops/pnp_cost.py.
+// Semantics: docs/conventions.md §6 and the docstrings of vpog/ops/pnp_solve.py and vpog/ops/pnp_cost.py.
+// PyTorch twin: vpog/ops/pnp_math.py, whose functions name the routine here they mirror.
 //
 // References: EPro-PnP (tjiiv-cprg/EPro-PnP) epropnp/levenberg_marquardt.py, camera.py, cost_fun.py.
 #pragma once
@@ -49,62 +50,21 @@ inline int64_t cpu_grain(int64_t points_per_item) {
 // ---------------------------------------------------------------------------------------------
 // Scalar helpers with one spelling on host and device.
 
-VPOG_HD float vsqrt(float x) {
+// `device` in CUDA device code, `host` everywhere else.
 #ifdef __CUDA_ARCH__
-  return ::sqrtf(x);
+#define VPOG_DEVICE_OR_HOST(device, host) (device)
 #else
-  return std::sqrt(x);
+#define VPOG_DEVICE_OR_HOST(device, host) (host)
 #endif
-}
-VPOG_HD double vsqrt(double x) {
-#ifdef __CUDA_ARCH__
-  return ::sqrt(x);
-#else
-  return std::sqrt(x);
-#endif
-}
-VPOG_HD float vlog(float x) {
-#ifdef __CUDA_ARCH__
-  return ::logf(x);
-#else
-  return std::log(x);
-#endif
-}
-VPOG_HD double vlog(double x) {
-#ifdef __CUDA_ARCH__
-  return ::log(x);
-#else
-  return std::log(x);
-#endif
-}
-VPOG_HD float vexp(float x) {
-#ifdef __CUDA_ARCH__
-  return ::expf(x);
-#else
-  return std::exp(x);
-#endif
-}
-VPOG_HD double vexp(double x) {
-#ifdef __CUDA_ARCH__
-  return ::exp(x);
-#else
-  return std::exp(x);
-#endif
-}
-VPOG_HD float vlog1p(float x) {
-#ifdef __CUDA_ARCH__
-  return ::log1pf(x);
-#else
-  return std::log1p(x);
-#endif
-}
-VPOG_HD double vlog1p(double x) {
-#ifdef __CUDA_ARCH__
-  return ::log1p(x);
-#else
-  return std::log1p(x);
-#endif
-}
+
+VPOG_HD float vsqrt(float x) { return VPOG_DEVICE_OR_HOST(::sqrtf(x), std::sqrt(x)); }
+VPOG_HD double vsqrt(double x) { return VPOG_DEVICE_OR_HOST(::sqrt(x), std::sqrt(x)); }
+VPOG_HD float vlog(float x) { return VPOG_DEVICE_OR_HOST(::logf(x), std::log(x)); }
+VPOG_HD double vlog(double x) { return VPOG_DEVICE_OR_HOST(::log(x), std::log(x)); }
+VPOG_HD float vexp(float x) { return VPOG_DEVICE_OR_HOST(::expf(x), std::exp(x)); }
+VPOG_HD double vexp(double x) { return VPOG_DEVICE_OR_HOST(::exp(x), std::exp(x)); }
+VPOG_HD float vlog1p(float x) { return VPOG_DEVICE_OR_HOST(::log1pf(x), std::log1p(x)); }
+VPOG_HD double vlog1p(double x) { return VPOG_DEVICE_OR_HOST(::log1p(x), std::log1p(x)); }
 template <typename T>
 VPOG_HD bool vfinite(T x) {
   // x - x is 0 for finite x and NaN for inf or NaN; written without isfinite so that it also
@@ -116,13 +76,30 @@ template <typename T>
 VPOG_HD T clamp_min(T x, T lo) { return x < lo ? lo : x; }
 template <typename T>
 VPOG_HD T clamp_max(T x, T hi) { return x > hi ? hi : x; }
+// torch.max semantics: NaN wins.
+template <typename T>
+VPOG_HD T nan_max(T a, T b) {
+  return (a != a || a > b) ? a : b;  // a NaN b falls through to b
+}
 
 VPOG_HD int packed_index(int i, int j) {  // i <= j < 6, row-major upper triangle
   return i * 6 - (i * (i - 1)) / 2 + (j - i);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Camera and pose
+// Problems, camera and pose
+
+// B problems of N correspondences (contiguous), the common head of the ops' arguments (SolveArgs,
+// AmisArgs); filled from tensors by set_problem_args (pnp.h).
+template <typename T>
+struct ProblemArgs {
+  const T* x3d;    // [B, N, 3] model points, object frame, metres
+  const T* x2d;    // [B, N, 2] pixels
+  const T* w2d;    // [B, N, 2] weights
+  const T* K;      // [B, 3, 3] intrinsics
+  const T* delta;  // [B] Huber thresholds
+  int64_t B, N;
+};
 
 template <typename T>
 struct Camera {
@@ -385,19 +362,23 @@ VPOG_HD void newton_step(const T* A, const T* g, T* step) {
   }
 }
 
+// EPro-PnP's 4x3 quaternion tangent map T(q) (row-major) of q = (w, i, j, k): a rotation step dtheta
+// moves q by T(q) dtheta.
+template <typename T>
+VPOG_HD void quaternion_tangent(const T* q, T* tm) {
+  const T w = q[0], i = q[1], j = q[2], k = q[3];
+  const T rows[12] = {i, j, k, -w, -k, j, k, -w, -i, -j, i, -w};
+  for (int e = 0; e < 12; ++e) tm[e] = rows[e];
+}
+
 // pose (+) step: [t + dt, normalize(q + T(q) dtheta)] (F.normalize: divide by max(|q|, 1e-12)).
 template <typename T>
 VPOG_HD void pose_add(const T* pose, const T* step, T* out) {
-  out[0] = pose[0] + step[0];
-  out[1] = pose[1] + step[1];
-  out[2] = pose[2] + step[2];
-  const T w = pose[3], i = pose[4], j = pose[5], k = pose[6];
-  const T a = step[3], b = step[4], c = step[5];
+  for (int d = 0; d < 3; ++d) out[d] = pose[d] + step[d];
+  T tm[12];
+  quaternion_tangent(pose + 3, tm);
   T q[4];
-  q[0] = w + (i * a + j * b + k * c);
-  q[1] = i + (-w * a - k * b + j * c);
-  q[2] = j + (k * a - w * b - i * c);
-  q[3] = k + (-j * a + i * b - w * c);
+  for (int r = 0; r < 4; ++r) q[r] = pose[3 + r] + (tm[r * 3] * step[3] + tm[r * 3 + 1] * step[4] + tm[r * 3 + 2] * step[5]);
   T n = vsqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
   n = clamp_min(n, T(1e-12));
   for (int m = 0; m < 4; ++m) out[3 + m] = q[m] / n;

@@ -46,7 +46,7 @@ void check_pose_tensor(const char* name, const at::Tensor& pose, const at::Tenso
 namespace {
 
 template <typename T>
-void solve_cpu(SolveArgs<T> a) {
+void solve_cpu(const SolveArgs<T>& a) {
   const SerialReduce red;
   if (a.rs_index) {
     at::parallel_for(0, a.B, cpu_grain(2 * a.N), [&](int64_t lo, int64_t hi) {
@@ -123,28 +123,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pnp_solve
     valid.zero_();
     return {pose, cost, jtj, valid, cost_init};
   }
-  if (x3d.is_cuda()) {
-#ifdef VPOG_WITH_CUDA
-    solve_cuda(x3d, x2d, w2d, K, delta, pose_init.defined() ? &pose_init : nullptr,
-               index.defined() ? &index : nullptr, quat.defined() ? &quat : nullptr, num_iter, init_iter, fast_mode,
-               force_init_solve, z_min, rs_center, rs_pose, rs_cost, pose, cost, jtj, valid, cost_init);
-    return {pose, cost, jtj, valid, cost_init};
-#else
-    TORCH_CHECK(false, "vpog._C was built without CUDA");
-#endif
-  }
-  AT_DISPATCH_FLOATING_TYPES(x3d.scalar_type(), "pnp_solve_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x3d.scalar_type(), "pnp_solve", [&] {
     SolveArgs<scalar_t> a;
-    a.x3d = x3d.data_ptr<scalar_t>();
-    a.x2d = x2d.data_ptr<scalar_t>();
-    a.w2d = w2d.data_ptr<scalar_t>();
-    a.K = K.data_ptr<scalar_t>();
-    a.delta = delta.data_ptr<scalar_t>();
+    set_problem_args(a, x3d, x2d, w2d, K, delta);
     a.pose_init = pose_init.defined() ? pose_init.data_ptr<scalar_t>() : nullptr;
     a.rs_index = index.defined() ? index.data_ptr<int64_t>() : nullptr;
     a.rs_quat = quat.defined() ? quat.data_ptr<scalar_t>() : nullptr;
-    a.B = B;
-    a.N = N;
     a.P = P;
     a.k = k;
     a.num_iter = static_cast<int>(num_iter);
@@ -160,7 +144,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pnp_solve
     a.jtj = jtj.data_ptr<scalar_t>();
     a.valid = valid.data_ptr<bool>();
     a.cost_init = cost_init.data_ptr<scalar_t>();
-    solve_cpu(a);
+    if (x3d.is_cuda()) {
+#ifdef VPOG_WITH_CUDA
+      solve_cuda(a, x3d);
+#else
+      TORCH_CHECK(false, "vpog._C was built without CUDA");
+#endif
+    } else {
+      solve_cpu(a);
+    }
   });
   return {pose, cost, jtj, valid, cost_init};
 }

@@ -6,7 +6,6 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "pnp.h"
 #include "pnp_cuda_utils.h"
 #include "pnp_solver.h"
 
@@ -49,52 +48,23 @@ int64_t blocks_for(int64_t warps) { return (warps + kWarpsPerBlock - 1) / kWarps
 
 }  // namespace
 
-void solve_cuda(const at::Tensor& x3d, const at::Tensor& x2d, const at::Tensor& w2d, const at::Tensor& K,
-                const at::Tensor& delta, const at::Tensor* pose_init, const at::Tensor* rs_index,
-                const at::Tensor* rs_quat, int64_t num_iter, int64_t init_iter, bool fast_mode,
-                bool force_init_solve, double z_min, at::Tensor& rs_center, at::Tensor& rs_pose,
-                at::Tensor& rs_cost, at::Tensor& pose, at::Tensor& cost, at::Tensor& jtj, at::Tensor& valid,
-                at::Tensor& cost_init) {
-  const at::cuda::OptionalCUDAGuard guard(x3d.device());
+template <typename T>
+void solve_cuda(const SolveArgs<T>& a, const at::Tensor& like) {
+  const at::cuda::OptionalCUDAGuard guard(like.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x3d.scalar_type(), "pnp_solve_cuda", [&] {
-    SolveArgs<scalar_t> a;
-    a.x3d = x3d.data_ptr<scalar_t>();
-    a.x2d = x2d.data_ptr<scalar_t>();
-    a.w2d = w2d.data_ptr<scalar_t>();
-    a.K = K.data_ptr<scalar_t>();
-    a.delta = delta.data_ptr<scalar_t>();
-    a.pose_init = pose_init ? pose_init->data_ptr<scalar_t>() : nullptr;
-    a.rs_index = rs_index ? rs_index->data_ptr<int64_t>() : nullptr;
-    a.rs_quat = rs_quat ? rs_quat->data_ptr<scalar_t>() : nullptr;
-    a.B = x3d.size(0);
-    a.N = x3d.size(1);
-    a.P = rs_index ? rs_index->size(0) : 0;
-    a.k = rs_index ? rs_index->size(2) : 0;
-    a.num_iter = static_cast<int>(num_iter);
-    a.init_iter = static_cast<int>(init_iter);
-    a.fast_mode = fast_mode;
-    a.force_init_solve = force_init_solve;
-    a.z_min = static_cast<scalar_t>(z_min);
-    a.rs_center = rs_center.data_ptr<scalar_t>();
-    a.rs_pose = rs_pose.data_ptr<scalar_t>();
-    a.rs_cost = rs_cost.data_ptr<scalar_t>();
-    a.pose = pose.data_ptr<scalar_t>();
-    a.cost = cost.data_ptr<scalar_t>();
-    a.jtj = jtj.data_ptr<scalar_t>();
-    a.valid = valid.data_ptr<bool>();
-    a.cost_init = cost_init.data_ptr<scalar_t>();
-    const int threads = kWarpsPerBlock * 32;
-    if (a.rs_index) {
-      center_kernel<scalar_t><<<blocks_for(a.B), threads, 0, stream>>>(a);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      proposal_kernel<scalar_t><<<(a.P * a.B + 127) / 128, 128, 0, stream>>>(a);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    solve_kernel<scalar_t><<<blocks_for(a.B), threads, 0, stream>>>(a);
+  const int threads = kWarpsPerBlock * 32;
+  if (a.rs_index) {
+    center_kernel<T><<<blocks_for(a.B), threads, 0, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+    proposal_kernel<T><<<(a.P * a.B + 127) / 128, 128, 0, stream>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  solve_kernel<T><<<blocks_for(a.B), threads, 0, stream>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+template void solve_cuda<float>(const SolveArgs<float>&, const at::Tensor&);
+template void solve_cuda<double>(const SolveArgs<double>&, const at::Tensor&);
 
 }  // namespace pnp
 }  // namespace vpog

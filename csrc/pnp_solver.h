@@ -6,22 +6,20 @@
 // sums so that every worker holds the totals and takes the same branch.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include "pnp_math.h"
 
 namespace vpog {
 namespace pnp {
 
+// Arguments of vpog::pnp_solve, filled once by the op (pnp_solve.cpp) for the CPU loop and the CUDA kernels.
 template <typename T>
-struct SolveArgs {
-  const T* x3d;        // [B, N, 3]
-  const T* x2d;        // [B, N, 2]
-  const T* w2d;        // [B, N, 2]
-  const T* K;          // [B, 3, 3]
-  const T* delta;      // [B]
-  const T* pose_init;  // [B, 7] or null
+struct SolveArgs : ProblemArgs<T> {
+  const T* pose_init;       // [B, 7] or null
   const int64_t* rs_index;  // [P, B, k] or null (no random-sample init)
   const T* rs_quat;         // [P, B, 4]
-  int64_t B, N, P, k;
+  int64_t P, k;
   int num_iter, init_iter;
   bool fast_mode, force_init_solve;
   T z_min;
@@ -36,6 +34,10 @@ struct SolveArgs {
   bool* valid;   // [B]
   T* cost_init;  // [B]
 };
+
+// CUDA launcher (pnp_solve_cuda.cu): warps over problems; `like` gives the device.
+template <typename T>
+void solve_cuda(const SolveArgs<T>& a, const at::Tensor& like);
 
 // Sums over points of one problem, optionally through an index map (the random-sample subsets).
 template <typename T, class Red>
@@ -213,10 +215,12 @@ VPOG_HD void solve_problem(const SolveArgs<T>& a, int64_t b, int lane, int strid
   }
 }
 
-// The reducer of a single worker (CPU).
+// The reducer of a single worker (CPU): its partial sums, maxima and flags are the totals.
 struct SerialReduce {
   template <typename T>
   VPOG_HD void sum(T*, int) const {}
+  template <typename T>
+  VPOG_HD T max(T x) const { return x; }
   VPOG_HD bool any(bool x) const { return x; }
 };
 

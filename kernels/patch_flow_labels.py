@@ -6,11 +6,12 @@ Math (docs/conventions.md §4, rules in `vpog/ops/patch_flow_labels.py`): for qu
     Y = T_q T_s^-1 backproject(p', D_s(p'), K_s),    r = project(K_q, Y)  for the 256 pixels p' of j
     dense_flow = (r - centre(i)) / 16 where visible (depth test |D_q(round r) - Y_z| <= tau), else 0.
 
-One program handles BLOCK_P query patches of one (sample, template) pair: it loads the pair's
-cameras (2 x 9 + 2 x 16 scalars), the anchors' query depth and mask, gathers the template at the
-rounded anchor projections, then gathers the buddies' 16 x 16 template pixels as a [BLOCK_P, 256]
-tile, projects them into the query, gathers the query there and writes every output element
-exactly once (non-buddy rows as zeros), so no output needs zero-filling first.
+One program handles BLOCK_P query patches of one (sample, template) pair. Both steps are the same
+test (`_seen_by`, through the camera chain `_transfer`), in opposite directions: the anchors' query
+depth and mask, projected into the template and checked there, give the buddies; the buddies'
+16 x 16 template pixels, as a [BLOCK_P, 256] tile, projected into the query and checked there, give
+dense_visible and dense_flow. Every output element is written exactly once (non-buddy rows as
+zeros), so no output needs zero-filling first.
 
 Memory traffic at B = 32, S = 6, 224 x 224: outputs 87 MB (dense_flow 77 MB, dense_visible 10 MB);
 inputs at most 56 MB (query depth + mask 8 MB, templates 48 MB; only buddy patches and the rounded
@@ -24,6 +25,83 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from vpog.kernels.launch import Launch, run
+
+
+@triton.jit
+def _intrinsics(K):
+    """fx, skew, cx, fy, cy of the pinhole matrix [[fx, skew, cx], [0, fy, cy], [0, 0, 1]] at K."""
+    return tl.load(K + 0), tl.load(K + 1), tl.load(K + 2), tl.load(K + 4), tl.load(K + 5)
+
+
+@triton.jit
+def _pose(T):
+    """R (row-major) and t of the 4 x 4 pose at T: r00, r01, r02, t0, r10, ..., r22, t2."""
+    return (tl.load(T + 0), tl.load(T + 1), tl.load(T + 2), tl.load(T + 3),
+            tl.load(T + 4), tl.load(T + 5), tl.load(T + 6), tl.load(T + 7),
+            tl.load(T + 8), tl.load(T + 9), tl.load(T + 10), tl.load(T + 11))
+
+
+@triton.jit
+def _transfer(u, v, depth, K_src, T_src, T_dst, K_dst):
+    """Pixel (u, v) (integers) at `depth` of the source camera, through the model frame, into the
+    destination camera: backproject(K_src), T_src^-1, T_dst, project(K_dst), as the reference does.
+
+    K_*: 3 x 3 intrinsics, T_*: 4 x 4 T_m2c (float32 pointers of this pair's cameras).
+    -> (pu, pv) the projection (pixels; finite placeholders where z <= 0), z the point's depth in
+    the destination camera, front: z > 0.
+    """
+    fx, sk, cx, fy, cy = _intrinsics(K_src)
+    s00, s01, s02, s0, s10, s11, s12, s1, s20, s21, s22, s2 = _pose(T_src)
+    yn = (v.to(tl.float32) - cy) / fy
+    xn = (u.to(tl.float32) - cx - sk * yn) / fx
+    x0 = xn * depth
+    x1 = yn * depth
+    x2 = depth
+    i0 = -(s00 * s0 + s10 * s1 + s20 * s2)  # inverse pose [R^T, -R^T t] (camera -> model)
+    i1 = -(s01 * s0 + s11 * s1 + s21 * s2)
+    i2 = -(s02 * s0 + s12 * s1 + s22 * s2)
+    m0 = s00 * x0 + s10 * x1 + s20 * x2 + i0  # model frame
+    m1 = s01 * x0 + s11 * x1 + s21 * x2 + i1
+    m2 = s02 * x0 + s12 * x1 + s22 * x2 + i2
+    d00, d01, d02, d0, d10, d11, d12, d1, d20, d21, d22, d2 = _pose(T_dst)
+    c0 = d00 * m0 + d01 * m1 + d02 * m2 + d0  # destination camera
+    c1 = d10 * m0 + d11 * m1 + d12 * m2 + d1
+    c2 = d20 * m0 + d21 * m1 + d22 * m2 + d2
+    fx, sk, cx, fy, cy = _intrinsics(K_dst)
+    front = c2 > 0
+    cz = tl.where(front, c2, 1.0)
+    xz = c0 / cz
+    yz = c1 / cz
+    pu = fx * xz + sk * yz + cx
+    pv = fy * yz + cy
+    return pu, pv, c2, front
+
+
+@triton.jit
+def _seen_by(u, v, ok, src_depth, src_mask, dst_depth, dst_mask, K_src, T_src, T_dst, K_dst, tau, H, W):
+    """Which source pixels (u, v) (where `ok`) the destination camera sees: the source has object
+    depth there, the point lands in front of the destination camera inside its image, on its mask,
+    and within tau of its depth (the rules of the op module). Depth / mask pointers: this image's.
+
+    -> (pu, pv) the projection (pixels), (iu, iv) int32 its rounding (0 where not looked up),
+    valid: the source pixel has object depth, seen: all of the above.
+    """
+    off = v * W + u
+    depth = tl.load(src_depth + off, mask=ok, other=0.0)
+    m = tl.load(src_mask + off, mask=ok, other=0)
+    valid = ok & (m != 0) & (depth > 0)
+    pu, pv, z, front = _transfer(u, v, depth, K_src, T_src, T_dst, K_dst)
+    ru = tl.floor(pu + 0.5)  # round = floor(p + 0.5): ties go up
+    rv = tl.floor(pv + 0.5)
+    look = valid & front & (ru >= 0) & (ru <= W - 1) & (rv >= 0) & (rv <= H - 1)
+    iu = tl.where(look, ru, 0.0).to(tl.int32)
+    iv = tl.where(look, rv, 0.0).to(tl.int32)
+    d_off = iv * W + iu
+    d_dst = tl.load(dst_depth + d_off, mask=look, other=0.0)
+    m_dst = tl.load(dst_mask + d_off, mask=look, other=0)
+    seen = look & (m_dst != 0) & (d_dst > 0) & (tl.abs(d_dst - z) - tau <= 0)
+    return pu, pv, iu, iv, valid, seen
 
 
 @triton.jit
@@ -39,95 +117,25 @@ def _patch_flow_labels_fwd_kernel(
     pblock = pid - bs * NUM_PBLOCKS
     b = bs // S
     bs64 = bs.to(tl.int64)
-    q_base = b.to(tl.int64) * H * W
-    t_base = bs64 * H * W
-
-    # Cameras of this (sample, template) pair: K = [[fx, skew, cx], [0, fy, cy], [0, 0, 1]].
-    qk = q_K_ptr + b * 9
-    q_fx = tl.load(qk + 0)
-    q_sk = tl.load(qk + 1)
-    q_cx = tl.load(qk + 2)
-    q_fy = tl.load(qk + 4)
-    q_cy = tl.load(qk + 5)
-    tk = t_K_ptr + bs * 9
-    t_fx = tl.load(tk + 0)
-    t_sk = tl.load(tk + 1)
-    t_cx = tl.load(tk + 2)
-    t_fy = tl.load(tk + 4)
-    t_cy = tl.load(tk + 5)
-    qp = q_pose_ptr + b * 16
-    qa00 = tl.load(qp + 0)
-    qa01 = tl.load(qp + 1)
-    qa02 = tl.load(qp + 2)
-    qb0 = tl.load(qp + 3)
-    qa10 = tl.load(qp + 4)
-    qa11 = tl.load(qp + 5)
-    qa12 = tl.load(qp + 6)
-    qb1 = tl.load(qp + 7)
-    qa20 = tl.load(qp + 8)
-    qa21 = tl.load(qp + 9)
-    qa22 = tl.load(qp + 10)
-    qb2 = tl.load(qp + 11)
-    tp = t_pose_ptr + bs * 16
-    ta00 = tl.load(tp + 0)
-    ta01 = tl.load(tp + 1)
-    ta02 = tl.load(tp + 2)
-    tb0 = tl.load(tp + 3)
-    ta10 = tl.load(tp + 4)
-    ta11 = tl.load(tp + 5)
-    ta12 = tl.load(tp + 6)
-    tb1 = tl.load(tp + 7)
-    ta20 = tl.load(tp + 8)
-    ta21 = tl.load(tp + 9)
-    ta22 = tl.load(tp + 10)
-    tb2 = tl.load(tp + 11)
+    q_depth = q_depth_ptr + b.to(tl.int64) * H * W  # this pair's images
+    q_mask = q_mask_ptr + b.to(tl.int64) * H * W
+    t_depth = t_depth_ptr + bs64 * H * W
+    t_mask = t_mask_ptr + bs64 * H * W
+    q_K = q_K_ptr + b * 9  # cameras of this (sample, template) pair
+    q_pose = q_pose_ptr + b * 16
+    t_K = t_K_ptr + bs * 9
+    t_pose = t_pose_ptr + bs * 16
     tau = tl.load(tau_ptr + b)
-    # Inverse poses [R^T, -R^T t] (camera -> model).
-    qi0 = -(qa00 * qb0 + qa10 * qb1 + qa20 * qb2)
-    qi1 = -(qa01 * qb0 + qa11 * qb1 + qa21 * qb2)
-    qi2 = -(qa02 * qb0 + qa12 * qb1 + qa22 * qb2)
-    ti0 = -(ta00 * tb0 + ta10 * tb1 + ta20 * tb2)
-    ti1 = -(ta01 * tb0 + ta11 * tb1 + ta21 * tb2)
-    ti2 = -(ta02 * tb0 + ta12 * tb1 + ta22 * tb2)
 
     # ---- 1. anchors of BLOCK_P query patches -> template, buddy patch ----------------------
     offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)  # [BP] query patch index i
     p_ok = offs_p < NP
     iy = offs_p // GW
     ix = offs_p - iy * GW
-    au = ix * P + P // 2
+    au = ix * P + P // 2  # anchor pixel
     av = iy * P + P // 2
-    a_off = av * W + au
-    d_a = tl.load(q_depth_ptr + q_base + a_off, mask=p_ok, other=0.0)
-    m_a = tl.load(q_mask_ptr + q_base + a_off, mask=p_ok, other=0)
-    valid_q = p_ok & (m_a != 0) & (d_a > 0)
-    yn = (av.to(tl.float32) - q_cy) / q_fy
-    xn = (au.to(tl.float32) - q_cx - q_sk * yn) / q_fx
-    x0 = xn * d_a
-    x1 = yn * d_a
-    x2 = d_a
-    m0 = qa00 * x0 + qa10 * x1 + qa20 * x2 + qi0  # model frame
-    m1 = qa01 * x0 + qa11 * x1 + qa21 * x2 + qi1
-    m2 = qa02 * x0 + qa12 * x1 + qa22 * x2 + qi2
-    c0 = ta00 * m0 + ta01 * m1 + ta02 * m2 + tb0  # template camera
-    c1 = ta10 * m0 + ta11 * m1 + ta12 * m2 + tb1
-    c2 = ta20 * m0 + ta21 * m1 + ta22 * m2 + tb2
-    front = c2 > 0
-    cz = tl.where(front, c2, 1.0)
-    xz = c0 / cz
-    yz = c1 / cz
-    pu = t_fx * xz + t_sk * yz + t_cx
-    pv = t_fy * yz + t_cy
-    pu_r = tl.floor(pu + 0.5)  # round = floor(p + 0.5): ties go up
-    pv_r = tl.floor(pv + 0.5)
-    in_t = front & (pu_r >= 0) & (pu_r <= W - 1) & (pv_r >= 0) & (pv_r <= H - 1)
-    pu_i = tl.where(in_t, pu_r, 0.0).to(tl.int32)
-    pv_i = tl.where(in_t, pv_r, 0.0).to(tl.int32)
-    look = valid_q & in_t
-    t_off = pv_i * W + pu_i
-    d_t = tl.load(t_depth_ptr + t_base + t_off, mask=look, other=0.0)
-    m_t = tl.load(t_mask_ptr + t_base + t_off, mask=look, other=0)
-    seen = look & (m_t != 0) & (d_t > 0) & (tl.abs(d_t - c2) - tau <= 0)
+    _, _, pu_i, pv_i, valid_q, seen = _seen_by(au, av, p_ok, q_depth, q_mask, t_depth, t_mask,
+                                               q_K, q_pose, t_pose, t_K, tau, H, W)
     jy = tl.where(seen, pv_i // P, 0)
     jx = tl.where(seen, pu_i // P, 0)
     cls = tl.where(seen, jy * GW + jx, tl.where(valid_q, NP, -1))
@@ -143,37 +151,9 @@ def _patch_flow_labels_fwd_kernel(
     pix = tl.arange(0, P * P)  # pixel (u, v) = (pix % P, pix // P) inside the buddy patch
     su = jx[:, None] * P + (pix % P)[None, :]  # [BP, PP]
     sv = jy[:, None] * P + (pix // P)[None, :]
-    s_off = sv * W + su
     ld = seen[:, None] & (pix >= 0)[None, :]  # broadcast to the tile
-    d_s = tl.load(t_depth_ptr + t_base + s_off, mask=ld, other=0.0)
-    m_s = tl.load(t_mask_ptr + t_base + s_off, mask=ld, other=0)
-    valid_t = ld & (m_s != 0) & (d_s > 0)
-    yn2 = (sv.to(tl.float32) - t_cy) / t_fy
-    xn2 = (su.to(tl.float32) - t_cx - t_sk * yn2) / t_fx
-    y0 = xn2 * d_s
-    y1 = yn2 * d_s
-    y2 = d_s
-    n0 = ta00 * y0 + ta10 * y1 + ta20 * y2 + ti0  # model frame
-    n1 = ta01 * y0 + ta11 * y1 + ta21 * y2 + ti1
-    n2 = ta02 * y0 + ta12 * y1 + ta22 * y2 + ti2
-    e0 = qa00 * n0 + qa01 * n1 + qa02 * n2 + qb0  # query camera
-    e1 = qa10 * n0 + qa11 * n1 + qa12 * n2 + qb1
-    e2 = qa20 * n0 + qa21 * n1 + qa22 * n2 + qb2
-    front2 = e2 > 0
-    ez = tl.where(front2, e2, 1.0)
-    xz2 = e0 / ez
-    yz2 = e1 / ez
-    ru = q_fx * xz2 + q_sk * yz2 + q_cx
-    rv = q_fy * yz2 + q_cy
-    ru_r = tl.floor(ru + 0.5)
-    rv_r = tl.floor(rv + 0.5)
-    in_q = valid_t & front2 & (ru_r >= 0) & (ru_r <= W - 1) & (rv_r >= 0) & (rv_r <= H - 1)
-    ru_i = tl.where(in_q, ru_r, 0.0).to(tl.int32)
-    rv_i = tl.where(in_q, rv_r, 0.0).to(tl.int32)
-    r_off = rv_i * W + ru_i
-    d_q = tl.load(q_depth_ptr + q_base + r_off, mask=in_q, other=0.0)
-    m_q = tl.load(q_mask_ptr + q_base + r_off, mask=in_q, other=0)
-    vis = in_q & (m_q != 0) & (d_q > 0) & (tl.abs(d_q - e2) - tau <= 0)
+    ru, rv, _, _, _, vis = _seen_by(su, sv, ld, t_depth, t_mask, q_depth, q_mask,
+                                    t_K, t_pose, q_pose, q_K, tau, H, W)
     cu = (ix * P).to(tl.float32) + (P - 1) / 2  # query patch centre
     cv = (iy * P).to(tl.float32) + (P - 1) / 2
     fu = tl.where(vis, (ru - cu[:, None]) / P, 0.0)
@@ -185,16 +165,22 @@ def _patch_flow_labels_fwd_kernel(
     tl.store(flow_ptr + out[:, :, None] * 2 + two[None, None, :], flow, mask=out_ok[:, :, None])
 
 
-def patch_flow_labels_fwd(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau,
-                          block_p: int | None = None, num_warps: int = 4):
+def patch_flow_labels_fwd(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau, *,
+                          patch_size: int, block_p: int | None = None, num_warps: int = 4, launch=run):
     """Launch the kernel. Inputs as `vpog.ops.patch_flow_labels` (already checked); tau [B] float32.
 
-    block_p: query patches per program (a power of two). Default 4 on the GPU; 64 for CPU tensors
-    (the interpreter's cost is per program, so fewer, larger programs run much faster there).
+    patch_size: pixels per patch side (the op passes `vpog.geometry.PATCH_SIZE`, 16), a power of two
+    dividing H and W. block_p: query patches per program (a power of two). Default 4 on the GPU; 64
+    for CPU tensors (the interpreter's cost is per program, so fewer, larger programs run much faster
+    there). `launch` receives the kernel launch (`vpog.kernels.launch`; the default runs it).
     Returns (patch_cls, coarse_flow, dense_flow, dense_visible), shapes of `FlowLabels`.
     """
-    P = 16
+    P = patch_size
+    if P < 2 or P & (P - 1):
+        raise ValueError(f"patch_size must be a power of two >= 2, got {P}")
     B, H, W = q_depth.shape
+    if H % P or W % P:
+        raise ValueError(f"the image size {H} x {W} must be a multiple of patch_size {P}")
     S = t_depth.shape[1]
     GH, GW = H // P, W // P
     NP = GH * GW
@@ -215,11 +201,10 @@ def patch_flow_labels_fwd(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_
     if block_p < 1 or block_p & (block_p - 1):
         raise ValueError(f"block_p must be a power of two, got {block_p}")
     num_pblocks = triton.cdiv(NP, block_p)
-    grid = (B * S * num_pblocks,)
-    _patch_flow_labels_fwd_kernel[grid](
-        q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau,
-        cls, coarse, flow, vis,
-        S, H, W, GW, NP, num_pblocks,
-        P=P, BLOCK_P=block_p, num_warps=num_warps,
-    )
+    launch(Launch(
+        _patch_flow_labels_fwd_kernel, (B * S * num_pblocks,),
+        (q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau, cls, coarse, flow, vis,
+         S, H, W, GW, NP, num_pblocks),
+        {"P": P, "BLOCK_P": block_p, "num_warps": num_warps},
+    ))
     return cls, coarse, flow, vis.view(torch.bool)

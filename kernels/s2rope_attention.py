@@ -32,14 +32,12 @@ References: Dao, "FlashAttention-2" (2023); triton-lang/triton python/tutorials/
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
-
-from vpog._backend import triton_interpreter
+from vpog.kernels.launch import Launch, run, triton_interpreter
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (32, 64, 128)
@@ -119,6 +117,26 @@ def _pruner(table, table_fp32):
 
 # ------------------------------------------------------------------------------------------------
 # Shared pieces
+
+
+@triton.jit
+def _program_rows(N, H, BLOCK: tl.constexpr):
+    """This program's rows: programs walk the BLOCK-row blocks of every (image, head).
+
+    -> bh = b H + h, b and h (int64, for the pointer offsets), offs [BLOCK] row indices, ok = offs < N.
+    """
+    pid = tl.program_id(0)
+    num = tl.cdiv(N, BLOCK)
+    bh = pid // num
+    offs = (pid % num) * BLOCK + tl.arange(0, BLOCK)
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), offs, offs < N
+
+
+@triton.jit
+def _logits(xa, xb, ya, yb, DOT_PREC: tl.constexpr):
+    """x y^T from the halves of the rotated rows: xa ya^T + xb yb^T (float32 accumulation)."""
+    s = tl.dot(xa, tl.trans(ya), input_precision=DOT_PREC)
+    return tl.dot(xb, tl.trans(yb), s, input_precision=DOT_PREC)
 
 
 @triton.jit
@@ -215,9 +233,8 @@ def _fwd_inner(acc, l_i, m_i, qa, qb, K, skn, skd, V, svn, svd, POS, spn, spc,
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         ka, kb = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
-                                 f_y, f_x, f_s1, f_s2, MASK, FAST)
-        s = tl.dot(qa, tl.trans(ka), input_precision=DOT_PREC)
-        s = tl.dot(qb, tl.trans(kb), s, input_precision=DOT_PREC)
+                           f_y, f_x, f_s1, f_s2, MASK, FAST)
+        s = _logits(qa, qb, ka, kb, DOT_PREC)
         if MASK:
             s = tl.where(n_ok[None, :], s, float("-inf"))
         m_ij = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
@@ -244,22 +261,15 @@ def _s2rope_attention_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     HALF: tl.constexpr = HEAD_DIM // 2
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(N, BLOCK_M)
-    bh = pid // num_m
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h, offs_m, m_ok = _program_rows(N, H, BLOCK_M)
     Q += b * sqb + h * sqh
     K += b * skb + h * skh
     V += b * svb + h * svh
     O += b * sob + h * soh
     POS += b * spb
     idx_a, idx_b, f_y, f_x, f_s1, f_s2 = _pair_tables(PAIR_IDX, PAIR_FREQ, HALF)
-    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = offs_m < N
     offs_d = tl.arange(0, HEAD_DIM)
-    qa, qb = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
-                             f_y, f_x, f_s1, f_s2, True, FAST)
+    qa, qb = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b, f_y, f_x, f_s1, f_s2, True, FAST)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -284,13 +294,7 @@ def _s2rope_attention_fwd_kernel(
 def _bwd_delta_kernel(O, DO, DELTA, sob, soh, son, sod, sdb, sdh, sdn, sdd, H, N,
                       HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
     """delta[bh, i] = sum_d O[i, d] dO[i, d] (float32)."""
-    pid = tl.program_id(0)
-    num = tl.cdiv(N, BLOCK)
-    bh = pid // num
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs = (pid % num) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < N
+    bh, b, h, offs, ok = _program_rows(N, H, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     o = _load_rows(O + b * sob + h * soh, son, sod, offs, ok, offs_d, True).to(tl.float32)
     do = _load_rows(DO + b * sdb + h * sdh, sdn, sdd, offs, ok, offs_d, True).to(tl.float32)
@@ -305,7 +309,7 @@ def _dkdv_inner(dv, dka, dkb, ka, kb, v, Q, sqn, sqd, DO, sdn, sdd, LSE, DELTA, 
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < N
         qa, qb = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
-                                 f_y, f_x, f_s1, f_s2, MASK, FAST)
+                           f_y, f_x, f_s1, f_s2, MASK, FAST)
         do = _load_rows(DO, sdn, sdd, offs_m, m_ok, offs_d, MASK)
         if MASK:
             lse = tl.load(LSE + offs_m, mask=m_ok, other=0.0)
@@ -313,8 +317,7 @@ def _dkdv_inner(dv, dka, dkb, ka, kb, v, Q, sqn, sqd, DO, sdn, sdd, LSE, DELTA, 
         else:
             lse = tl.load(LSE + offs_m)
             delta = tl.load(DELTA + offs_m)
-        s_t = tl.dot(ka, tl.trans(qa), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
-        s_t = tl.dot(kb, tl.trans(qb), s_t, input_precision=DOT_PREC)
+        s_t = _logits(ka, kb, qa, qb, DOT_PREC)  # [BLOCK_N, BLOCK_M]
         p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])
         if MASK:
             p_t = tl.where(m_ok[None, :], p_t, 0.0)
@@ -342,11 +345,7 @@ def _s2rope_attention_bwd_dkdv_kernel(
 ):
     """One key block: dV = P^T dO, dK = R^T (scale dS^T rot(Q)) over every query block. DK, DV share strides sg*."""
     HALF: tl.constexpr = HEAD_DIM // 2
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(N, BLOCK_N)
-    bh = pid // num_n
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h, offs_n, n_ok = _program_rows(N, H, BLOCK_N)
     Q += b * sqb + h * sqh
     K += b * skb + h * skh
     V += b * svb + h * svh
@@ -357,11 +356,8 @@ def _s2rope_attention_bwd_dkdv_kernel(
     LSE += bh.to(tl.int64) * N
     DELTA += bh.to(tl.int64) * N
     idx_a, idx_b, f_y, f_x, f_s1, f_s2 = _pair_tables(PAIR_IDX, PAIR_FREQ, HALF)
-    offs_n = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
     offs_d = tl.arange(0, HEAD_DIM)
-    ka, kb = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
-                             f_y, f_x, f_s1, f_s2, True, FAST)
+    ka, kb = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b, f_y, f_x, f_s1, f_s2, True, FAST)
     v = _load_rows(V, svn, svd, offs_n, n_ok, offs_d, True)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dka = tl.zeros([BLOCK_N, HALF], dtype=tl.float32)
@@ -387,10 +383,9 @@ def _dq_inner(dqa, dqb, qa, qb, do, lse, delta, K, skn, skd, V, svn, svd, POS, s
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         ka, kb = _rot_tile(K, skn, skd, POS, spn, spc, offs_n, n_ok, idx_a, idx_b,
-                                 f_y, f_x, f_s1, f_s2, MASK, FAST)
+                           f_y, f_x, f_s1, f_s2, MASK, FAST)
         v = _load_rows(V, svn, svd, offs_n, n_ok, offs_d, MASK)
-        s = tl.dot(qa, tl.trans(ka), input_precision=DOT_PREC)
-        s = tl.dot(qb, tl.trans(kb), s, input_precision=DOT_PREC)
+        s = _logits(qa, qb, ka, kb, DOT_PREC)
         p = tl.math.exp2(s * qk_scale - lse[:, None])
         if MASK:
             p = tl.where(n_ok[None, :], p, 0.0)
@@ -417,11 +412,7 @@ def _s2rope_attention_bwd_dq_kernel(
 ):
     """One query block: dQ = R^T (scale dS rot(K)) over every key block."""
     HALF: tl.constexpr = HEAD_DIM // 2
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(N, BLOCK_M)
-    bh = pid // num_m
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h, offs_m, m_ok = _program_rows(N, H, BLOCK_M)
     Q += b * sqb + h * sqh
     K += b * skb + h * skh
     V += b * svb + h * svh
@@ -429,11 +420,8 @@ def _s2rope_attention_bwd_dq_kernel(
     DQ += b * sgb + h * sgh
     POS += b * spb
     idx_a, idx_b, f_y, f_x, f_s1, f_s2 = _pair_tables(PAIR_IDX, PAIR_FREQ, HALF)
-    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = offs_m < N
     offs_d = tl.arange(0, HEAD_DIM)
-    qa, qb = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b,
-                             f_y, f_x, f_s1, f_s2, True, FAST)
+    qa, qb = _rot_tile(Q, sqn, sqd, POS, spn, spc, offs_m, m_ok, idx_a, idx_b, f_y, f_x, f_s1, f_s2, True, FAST)
     do = _load_rows(DO, sdn, sdd, offs_m, m_ok, offs_d, True)
     lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=0.0)
@@ -455,13 +443,23 @@ def _s2rope_attention_bwd_dq_kernel(
 # Host launchers
 
 
+def unsupported_reason(q: torch.Tensor) -> str | None:
+    """None when the fused kernel takes q's dtype and head dim here, else what it does not take."""
+    if q.dtype not in DTYPES:
+        return f"dtype {q.dtype} (the fused kernel takes {', '.join(map(str, DTYPES))})"
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"head dim D = {q.shape[-1]} (the fused kernel takes {HEAD_DIMS})"
+    if q.dtype == torch.bfloat16 and triton_interpreter():
+        return "bfloat16 in the Triton interpreter (its tl.dot multiplies bfloat16 bit patterns, triton#11584)"
+    return None
+
+
 def check_fused_inputs(q: torch.Tensor, pair_idx: torch.Tensor, pair_freq: torch.Tensor) -> None:
     """Raise ValueError for what the fused kernel does not handle (shapes were checked by the op)."""
+    reason = unsupported_reason(q)
+    if reason is not None:
+        raise ValueError(f"the fused Triton kernel does not take {reason}")
     d = q.shape[-1]
-    if d not in HEAD_DIMS:
-        raise ValueError(f"the fused Triton kernel supports head dims {HEAD_DIMS}; q has head dim D = {d}")
-    if q.dtype not in DTYPES:
-        raise ValueError(f"the fused Triton kernel supports q, k, v dtypes {DTYPES}; got {q.dtype}")
     if pair_idx.shape != (2, d // 2) or pair_idx.dtype != torch.int32:
         raise ValueError(f"pair_idx must be int32 [2, {d // 2}], got {pair_idx.dtype} {tuple(pair_idx.shape)}")
     if pair_freq.shape != (4, d // 2) or pair_freq.dtype != torch.float32:
@@ -470,62 +468,62 @@ def check_fused_inputs(q: torch.Tensor, pair_idx: torch.Tensor, pair_freq: torch
         raise ValueError("pair_idx and pair_freq must be contiguous")
 
 
+def fast_sincos(dtype: torch.dtype) -> bool:
+    """Whether the kernels take the range-reduced SFU cos / sin (16-bit inputs on a GPU) or the precise ones."""
+    return (not triton_interpreter()) and dtype in (torch.float16, torch.bfloat16)
+
+
 def _flags(dtype: torch.dtype) -> dict:
-    return {
-        "FAST": (not triton_interpreter()) and dtype in (torch.float16, torch.bfloat16),
-        "DOT_PREC": "ieee" if dtype == torch.float32 else "tf32",
-    }
+    return {"FAST": fast_sincos(dtype), "DOT_PREC": "ieee" if dtype == torch.float32 else "tf32"}
 
 
-def _device_guard(t: torch.Tensor):
-    """Launch on the tensors' GPU (Triton launches on the current device)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+def s2rope_attention_fwd(q, k, v, pos, pair_idx, pair_freq, launch=run):
+    """q, k, v [B, H, N, D] (any strides), pos [B, N, 4] float32 -> (o [B, H, N, D] contiguous, lse [B*H, N] f32).
 
-
-def s2rope_attention_fwd(q, k, v, pos, pair_idx, pair_freq):
-    """q, k, v [B, H, N, D] (any strides), pos [B, N, 4] float32 -> (o [B, H, N, D] contiguous, lse [B*H, N] f32)."""
+    `launch` receives the kernel launch (`vpog.kernels.launch`; the default runs it).
+    """
     B, H, N, D = q.shape
     o = torch.empty((B, H, N, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B * H, N), device=q.device, dtype=torch.float32)
     sm_scale = D ** -0.5
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]) * B * H,)
-    with _device_guard(q):
-        _s2rope_attention_fwd_kernel[grid](
-            q, k, v, o, lse, pos, pair_idx, pair_freq,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), *pos.stride(),
-            H, N, n_bucket(N), sm_scale * LOG2E,
-            HEAD_DIM=D, **_flags(q.dtype),
-        )
+    launch(Launch(
+        _s2rope_attention_fwd_kernel, lambda meta: (triton.cdiv(N, meta["BLOCK_M"]) * B * H,),
+        (q, k, v, o, lse, pos, pair_idx, pair_freq, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+         *pos.stride(), H, N, n_bucket(N), sm_scale * LOG2E),
+        {"HEAD_DIM": D, **_flags(q.dtype)},
+    ))
     return o, lse
 
 
-def s2rope_attention_bwd(grad_o, q, k, v, o, lse, pos, pair_idx, pair_freq):
-    """Gradients of `s2rope_attention_fwd`. -> grad_q, grad_k, grad_v [B, H, N, D] contiguous."""
+def s2rope_attention_bwd(grad_o, q, k, v, o, lse, pos, pair_idx, pair_freq, launch=run):
+    """Gradients of `s2rope_attention_fwd`. -> grad_q, grad_k, grad_v [B, H, N, D] contiguous.
+
+    Three launches, in order: delta, dK and dV, dQ (each handed to `launch`).
+    """
     B, H, N, D = q.shape
     sm_scale = D ** -0.5
     delta = torch.empty((B * H, N), device=q.device, dtype=torch.float32)
     grad_q = torch.empty((B, H, N, D), device=q.device, dtype=q.dtype)
     grad_k = torch.empty_like(grad_q)
     grad_v = torch.empty_like(grad_q)
-    flags = _flags(q.dtype)
+    flags = {"HEAD_DIM": D, **_flags(q.dtype)}
     block = 16 if triton_interpreter() else 64
     common = (*q.stride(), *k.stride(), *v.stride(), *grad_o.stride())
-    with _device_guard(q):
-        _bwd_delta_kernel[(triton.cdiv(N, block) * B * H,)](
-            o, grad_o, delta, *o.stride(), *grad_o.stride(), H, N, HEAD_DIM=D, BLOCK=block
-        )
-        grid_kv = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]) * B * H,)
-        _s2rope_attention_bwd_dkdv_kernel[grid_kv](
-            q, k, v, grad_o, lse, delta, grad_k, grad_v, pos, pair_idx, pair_freq,
-            *common, *grad_k.stride(), *pos.stride(),
-            H, N, n_bucket(N), sm_scale * LOG2E, sm_scale, HEAD_DIM=D, **flags,
-        )
-        grid_q = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]) * B * H,)
-        _s2rope_attention_bwd_dq_kernel[grid_q](
-            q, k, v, grad_o, lse, delta, grad_q, pos, pair_idx, pair_freq,
-            *common, *grad_q.stride(), *pos.stride(),
-            H, N, n_bucket(N), sm_scale * LOG2E, sm_scale, HEAD_DIM=D, **flags,
-        )
+    scales = (H, N, n_bucket(N), sm_scale * LOG2E, sm_scale)
+    launch(Launch(_bwd_delta_kernel, (triton.cdiv(N, block) * B * H,),
+                  (o, grad_o, delta, *o.stride(), *grad_o.stride(), H, N), {"HEAD_DIM": D, "BLOCK": block}))
+    launch(Launch(
+        _s2rope_attention_bwd_dkdv_kernel, lambda meta: (triton.cdiv(N, meta["BLOCK_N"]) * B * H,),
+        (q, k, v, grad_o, lse, delta, grad_k, grad_v, pos, pair_idx, pair_freq,
+         *common, *grad_k.stride(), *pos.stride(), *scales),
+        flags,
+    ))
+    launch(Launch(
+        _s2rope_attention_bwd_dq_kernel, lambda meta: (triton.cdiv(N, meta["BLOCK_M"]) * B * H,),
+        (q, k, v, grad_o, lse, delta, grad_q, pos, pair_idx, pair_freq,
+         *common, *grad_q.stride(), *pos.stride(), *scales),
+        flags,
+    ))
     return grad_q, grad_k, grad_v
 
 

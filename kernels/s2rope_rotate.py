@@ -17,17 +17,13 @@ Inputs may have any strides; outputs are contiguous [B, H, N, D] in the input dt
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
-from vpog.kernels.s2rope_attention import _sincos
-
-from vpog._backend import triton_interpreter
-
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from vpog.kernels.launch import Launch, run, triton_interpreter
+from vpog.kernels.s2rope_attention import DTYPES, _sincos, fast_sincos, n_bucket
 
 
 def _configs():
@@ -113,15 +109,26 @@ def _s2rope_rotate_kernel(
             _rot_store(Y2, y2_rows + hh * t2h, idx_a, idx_b, t2d, xa2, xb2, c, s, mask)
 
 
-def s2rope_rotate(x1, x2, pos, pair_idx, pair_freq, inverse=False):
+def unsupported_reason(x: torch.Tensor) -> str | None:
+    """None when the rotation pre-pass takes x's dtype and head dim, else what it does not take."""
+    if x.dtype not in DTYPES:
+        return f"dtype {x.dtype} (the rotation pre-pass takes {', '.join(map(str, DTYPES))})"
+    if x.shape[-1] % 2:
+        return f"odd head dim D = {x.shape[-1]} (channels rotate in pairs)"
+    return None
+
+
+def s2rope_rotate(x1, x2, pos, pair_idx, pair_freq, inverse=False, launch=run):
     """Rotate x1 (and x2, if not None) [B, H, N, D] by S2RoPE at pos [B, N, 4].
 
     Returns contiguous tensors in the inputs' dtype: (y1, y2) or (y1, None). `inverse` applies
-    the transposed rotation (what the backward needs). Any strides; any even D.
+    the transposed rotation (what the backward needs). Any strides; any even D. `launch` receives
+    the kernel launch (`vpog.kernels.launch`; the default runs it).
     """
     B, H, N, D = x1.shape
-    if x1.dtype not in DTYPES:
-        raise ValueError(f"the Triton rotation supports dtypes {DTYPES}; got {x1.dtype}")
+    reason = unsupported_reason(x1)
+    if reason is not None:
+        raise ValueError(f"the Triton rotation does not take {reason}")
     if x2 is not None and (x2.shape != x1.shape or x2.dtype != x1.dtype):
         raise ValueError(f"x2 must match x1 {tuple(x1.shape)} {x1.dtype}, got {tuple(x2.shape)} {x2.dtype}")
     half = D // 2
@@ -134,16 +141,13 @@ def s2rope_rotate(x1, x2, pos, pair_idx, pair_freq, inverse=False):
         return y1, y2
     two = x2 is not None
     x2_, y2_ = (x2, y2) if two else (x1, y1)
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]) * B, triton.cdiv(H, meta["H_CHUNK"]))
-    guard = torch.cuda.device(x1.device) if x1.is_cuda else contextlib.nullcontext()
-    with guard:
-        _s2rope_rotate_kernel[grid](
-            x1, y1, x2_, y2_, pos, pair_idx, pair_freq,
-            *x1.stride(), *y1.stride(), *x2_.stride(), *y2_.stride(), *pos.stride(),
-            H, N, triton.next_power_of_2(max(N, 16)), half,
-            HALF_PAD=triton.next_power_of_2(half), TWO=two, INVERSE=bool(inverse),
-            FAST=(not triton_interpreter()) and x1.dtype in (torch.float16, torch.bfloat16),
-        )
+    launch(Launch(
+        _s2rope_rotate_kernel, lambda meta: (triton.cdiv(N, meta["BLOCK_N"]) * B, triton.cdiv(H, meta["H_CHUNK"])),
+        (x1, y1, x2_, y2_, pos, pair_idx, pair_freq,
+         *x1.stride(), *y1.stride(), *x2_.stride(), *y2_.stride(), *pos.stride(), H, N, n_bucket(N), half),
+        {"HALF_PAD": triton.next_power_of_2(half), "TWO": two, "INVERSE": bool(inverse),
+         "FAST": fast_sincos(x1.dtype)},
+    ))
     return y1, y2
 
 

@@ -8,27 +8,28 @@ spills and shared memory of every configuration the GPU path can launch.
 How the configurations are found (nothing is restated by hand, so the report follows the code):
 - The host launchers of `kernels/*.py` (s2rope_attention_fwd / _bwd, s2rope_rotate,
   patch_flow_labels_fwd) are called on meta tensors laid out as the model lays them out (q, k, v
-  views of one qkv projection, grad_o the transpose of a [B, N, H*D] gradient, pos [B, N, 4]);
-  each kernel launch is intercepted, so the pointer dtypes, strides, int arguments and constexprs
-  are exactly what the GPU would receive.
-- The arguments are specialised by Triton's own binder (ints equal to 1 become constants, ints and
-  pointers divisible by 16 get a divisibility hint), with the compile options of a default launch.
-- Autotuned kernels: every config left by the kernel's pruner for that launch (head dim, N bucket,
-  dtype); `default` marks the one taken with VPOG_TRITON_AUTOTUNE=0.
+  views of one qkv projection, grad_o the transpose of a [B, N, H*D] gradient, pos [B, N, 4]),
+  with a `launch` callable that records each `vpog.kernels.launch.Launch` instead of running it:
+  the pointer dtypes, strides, int arguments and constexprs are exactly what the GPU would receive.
+- Autotuned kernels: every config left by the kernel's own pruner for that launch (head dim, N
+  bucket, dtype); `default` marks the one taken with VPOG_TRITON_AUTOTUNE=0.
 - patch_flow_labels: its CUDA launch (block_p=4, num_warps=4; the launcher picks block_p 64 only for
   CPU tensors, so it is passed here explicitly).
 
-Each unique specialisation is compiled once with triton.compile(..., target=GPUTarget("cuda", 90,
-64)) and Triton's bundled ptxas (-v log parsed for registers and spills); shared memory is the
-dynamic shared memory Triton launches with. Problems: FAILED (did not compile), SPILLS (any spill
-store or load), SMEM (more than the 227 KB an H100 block may use); note: regs@max (255 registers,
-no spill: at the limit, fine but with no headroom).
+Compiling uses Triton's public ahead-of-time API only: `triton.compile(ASTSource(fn, signature,
+constexprs, attrs), target=GPUTarget("cuda", 90, 64), options=...)`, with the arguments specialised
+as Triton's JIT does at a launch (`specialise`: ints equal to 1 become constants; ints and tensor
+addresses divisible by 16 get a divisibility hint). Registers and spills come from the log of
+Triton's bundled ptxas (TRITON_DUMP_PTXAS_LOG=1); shared memory is the dynamic shared memory Triton
+launches with. A Triton without this API fails the run with the missing name, never silently.
+Problems: FAILED (did not compile), SPILLS (any spill store or load), SMEM (more than the 227 KB an
+H100 block may use); note: regs@max (255 registers, no spill: at the limit, fine but with no headroom).
 CTAs/SM is the occupancy bound from registers, shared memory and warps (H100: 64K registers,
 228 KB shared memory, 64 warps, 32 CTAs per SM).
 
-`--keys` also records the autotuning key and Triton's specialisation of each launch over batch
-sizes and sequence lengths (a change of B must never recompile). A fresh Triton cache directory is
-used unless --cache-dir is given, so the compile times are real.
+`--keys` also records the autotuning key and the specialisation of each launch over batch sizes and
+sequence lengths (a change of B must never recompile). Compiles go to a fresh Triton cache
+directory, so the compile times are real.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import logging
 import math
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +52,8 @@ from pathlib import Path
 if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     raise RuntimeError("import this module before triton when TRITON_INTERPRET is set (or run it as a script)")
 os.environ.pop("TRITON_INTERPRET", None)
+os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # Triton prints ptxas -v's log (registers, spills) to stdout
+os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # ... which a cache hit would skip
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -62,12 +64,12 @@ except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource, make_backend  # noqa: E402
-from triton.runtime.autotuner import Autotuner  # noqa: E402
-from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime import Autotuner, JITFunction  # noqa: E402
 from vpog.kernels import patch_flow_labels as pfl_kernels  # noqa: E402
 from vpog.kernels import s2rope_attention as attn_kernels  # noqa: E402
 from vpog.kernels import s2rope_rotate as rotate_kernels  # noqa: E402
+from vpog.kernels.launch import Launch  # noqa: E402
 
 log = logging.getLogger("triton_sm90_report")
 
@@ -77,16 +79,26 @@ H100_SMEM_PER_SM = 228 * 1024
 H100_REGS_PER_SM = 65536
 MAX_REGS = 255
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Model shapes (docs/conventions.md §3; benchmarks/RESULTS.md baselines): per-image blocks B = 224 images,
-# group blocks B = 32 samples, H = 12.
+# Model shapes (docs/conventions.md): per-image blocks B = 224 images, group blocks B = 32 samples, H = 12.
 HEADS = 12
 BATCH_IMAGE, BATCH_GROUP = 224, 32
-LABELS_BATCH, LABELS_TEMPLATES, CROP = 32, 6, 224
+LABELS_BATCH, LABELS_TEMPLATES, CROP, PATCH = 32, 6, 224, 16
 LABELS_CUDA_LAUNCH = {"block_p": 4, "num_warps": 4}  # patch_flow_labels_fwd's defaults for CUDA tensors
 # (block_p, num_warps) the kernel benchmark (benchmarks/test_bench_patch_flow_labels.py) also launches
 LABELS_BENCH_LAUNCHES = ((1, 2), (2, 2), (2, 4), (4, 8), (8, 8))
 PROBLEMS = {"SPILLS", "SMEM"}
 KERNEL_ORDER = ("attn_fwd", "attn_bwd_delta", "attn_bwd_dkdv", "attn_bwd_dq", "rotate", "rotate_inv", "labels")
+KERNELS = (  # kernel object -> report name
+    (attn_kernels._s2rope_attention_fwd_kernel, "attn_fwd"),
+    (attn_kernels._bwd_delta_kernel, "attn_bwd_delta"),
+    (attn_kernels._s2rope_attention_bwd_dkdv_kernel, "attn_bwd_dkdv"),
+    (attn_kernels._s2rope_attention_bwd_dq_kernel, "attn_bwd_dq"),
+    (rotate_kernels._s2rope_rotate_kernel, "rotate"),
+    (pfl_kernels._patch_flow_labels_fwd_kernel, "labels"),
+)
+# Triton's pointer element types (the `*<type>` of a signature)
+POINTER_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
+                 torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8", torch.int8: "i8"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -94,34 +106,27 @@ KERNEL_ORDER = ("attn_fwd", "attn_bwd_delta", "attn_bwd_dkdv", "attn_bwd_dq", "r
 
 
 @dataclass
-class Launch:
-    """One intercepted kernel launch: the kernel object and the arguments the launcher passed."""
+class Captured:
+    """One recorded kernel launch, its report name and the case it belongs to."""
 
     name: str
-    kernel: object  # Autotuner or JITFunction
-    args: tuple
-    kwargs: dict
+    call: Launch
     case: dict = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def intercept(kernels: dict):
-    """Replace `run` of each kernel object so that `kernel[grid](...)` records instead of launching."""
-    calls = []
-
-    def recorder(name, kernel):
-        def run(*args, grid, warmup, **kwargs):
-            calls.append(Launch(name, kernel, args, kwargs))
-
-        return run
-
-    for name, kernel in kernels.items():
-        kernel.run = recorder(name, kernel)
-    try:
-        yield calls
-    finally:
-        for kernel in kernels.values():
-            del kernel.run
+def _capture(run_launchers) -> list[Captured]:
+    """Call `run_launchers(launch)` with a `launch` that records; -> the launches, named."""
+    calls: list[Launch] = []
+    run_launchers(calls.append)
+    out = []
+    for call in calls:
+        name = next((n for k, n in KERNELS if k is call.kernel), None)
+        if name is None:
+            raise RuntimeError(f"a launcher launched a kernel this report does not know: {call.kernel}")
+        if name == "rotate" and call.constexprs.get("INVERSE"):
+            name = "rotate_inv"
+        out.append(Captured(name, call))
+    return out
 
 
 def _meta(shape, dtype):
@@ -139,17 +144,15 @@ def attention_launches(dtype, D, B, H, N):
     q, k, v = _model_qkv(B, H, N, D, dtype)
     pos = _meta((B, N, 4), torch.float32)
     pair_idx, pair_freq = _meta((2, D // 2), torch.int32), _meta((4, D // 2), torch.float32)
-    kernels = {"attn_fwd": attn_kernels._s2rope_attention_fwd_kernel,
-               "attn_bwd_delta": attn_kernels._bwd_delta_kernel,
-               "attn_bwd_dkdv": attn_kernels._s2rope_attention_bwd_dkdv_kernel,
-               "attn_bwd_dq": attn_kernels._s2rope_attention_bwd_dq_kernel}
-    with intercept(kernels) as calls:
+    # the model's output projection sees o.transpose(1, 2).reshape(B, N, H * D): its gradient
+    grad_o = _meta((B, N, H, D), dtype).transpose(1, 2)
+
+    def launchers(launch):
         attn_kernels.check_fused_inputs(q, pair_idx, pair_freq)
-        o, lse = attn_kernels.s2rope_attention_fwd(q, k, v, pos, pair_idx, pair_freq)
-        # the model's output projection sees o.transpose(1, 2).reshape(B, N, H * D): its gradient
-        grad_o = _meta((B, N, H, D), dtype).transpose(1, 2)
-        attn_kernels.s2rope_attention_bwd(grad_o, q, k, v, o, lse, pos, pair_idx, pair_freq)
-    return calls
+        o, lse = attn_kernels.s2rope_attention_fwd(q, k, v, pos, pair_idx, pair_freq, launch=launch)
+        attn_kernels.s2rope_attention_bwd(grad_o, q, k, v, o, lse, pos, pair_idx, pair_freq, launch=launch)
+
+    return _capture(launchers)
 
 
 def rotate_launches(dtype, D, B, H, N):
@@ -157,13 +160,14 @@ def rotate_launches(dtype, D, B, H, N):
     q, k, _ = _model_qkv(B, H, N, D, dtype)
     pos = _meta((B, N, 4), torch.float32)
     pair_idx, pair_freq = _meta((2, D // 2), torch.int32), _meta((4, D // 2), torch.float32)
-    with intercept({"rotate": rotate_kernels._s2rope_rotate_kernel}) as calls:
-        rotate_kernels.s2rope_rotate(q, k, pos, pair_idx, pair_freq)
-        grad = _meta((B, H, N, D), dtype)  # SDPA's gradients are contiguous
-        rotate_kernels.s2rope_rotate(grad, torch.empty_like(grad), pos, pair_idx, pair_freq, inverse=True)
-    for c in calls:
-        c.name = "rotate_inv" if c.kwargs.get("INVERSE") else "rotate"
-    return calls
+    grad = _meta((B, H, N, D), dtype)  # SDPA's gradients are contiguous
+
+    def launchers(launch):
+        rotate_kernels.s2rope_rotate(q, k, pos, pair_idx, pair_freq, launch=launch)
+        rotate_kernels.s2rope_rotate(grad, torch.empty_like(grad), pos, pair_idx, pair_freq, inverse=True,
+                                     launch=launch)
+
+    return _capture(launchers)
 
 
 def labels_launches(B, S, size=CROP, variants=()):
@@ -173,10 +177,14 @@ def labels_launches(B, S, size=CROP, variants=()):
     inputs = (_meta((B, size, size), f32), _meta((B, size, size), torch.bool), _meta((B, 3, 3), f32),
               _meta((B, 4, 4), f32), _meta((B, S, size, size), f32), _meta((B, S, size, size), torch.bool),
               _meta((B, S, 3, 3), f32), _meta((B, S, 4, 4), f32), _meta((B,), f32))
-    with intercept({"labels": pfl_kernels._patch_flow_labels_fwd_kernel}) as calls:
-        pfl_kernels.patch_flow_labels_fwd(*inputs, **LABELS_CUDA_LAUNCH)
+
+    def launchers(launch):
+        pfl_kernels.patch_flow_labels_fwd(*inputs, patch_size=PATCH, **LABELS_CUDA_LAUNCH, launch=launch)
         for block_p, num_warps in variants:
-            pfl_kernels.patch_flow_labels_fwd(*inputs, block_p=block_p, num_warps=num_warps)
+            pfl_kernels.patch_flow_labels_fwd(*inputs, patch_size=PATCH, block_p=block_p, num_warps=num_warps,
+                                              launch=launch)
+
+    calls = _capture(launchers)
     for i, c in enumerate(calls):
         c.case["default"] = i == 0
     return calls
@@ -186,56 +194,34 @@ def labels_launches(B, S, size=CROP, variants=()):
 # Specialisation and configs, as Triton's launcher does them
 
 
-class _Pointer:
-    """Stands in for a tensor argument: its dtype and its address relative to a 256-byte aligned base."""
-
-    def __init__(self, t: torch.Tensor):
-        self.dtype = t.dtype
-        self._offset = t.storage_offset() * t.element_size()
-
-    def data_ptr(self):
-        return self._offset
-
-
 def _jit_fn(kernel) -> JITFunction:
-    while not isinstance(kernel, JITFunction):
-        kernel = kernel.fn
-    return kernel
+    """The @triton.jit function of a kernel (an autotuned kernel wraps it as `.fn`)."""
+    return kernel.fn if isinstance(kernel, Autotuner) else kernel
 
 
-_BACKEND = None
-_BINDERS: dict = {}
-
-
-def _backend():
-    global _BACKEND
-    if _BACKEND is None:
-        _BACKEND = make_backend(TARGET)
-    return _BACKEND
-
-
-def autotune_key(launch: Launch):
+def autotune_key(c: Captured):
     """The autotuner's cache key for this launch (its `key` arguments, then every tensor's dtype)."""
-    if not isinstance(launch.kernel, Autotuner):
+    kernel = c.call.kernel
+    if not isinstance(kernel, Autotuner):
         return None
-    all_args = {**dict(zip(launch.kernel.arg_names, launch.args)), **launch.kwargs}
-    args = {k: v for k, v in all_args.items() if k in launch.kernel.arg_names}
-    key = [args[k] for k in launch.kernel.keys if k in args]
+    all_args = {**dict(zip(kernel.arg_names, c.call.args)), **c.call.constexprs}
+    args = {k: v for k, v in all_args.items() if k in kernel.arg_names}
+    key = [args[k] for k in kernel.keys if k in args]
     key += [str(v.dtype) for v in args.values() if hasattr(v, "dtype")]
     return tuple(key)
 
 
-def configs_of(launch: Launch):
-    """[(config kwargs, is_default)] the GPU path may compile for this launch."""
-    kernel = launch.kernel
+def configs_of(c: Captured):
+    """[(config or None, is_default)] the GPU path may compile for this launch (None: not autotuned)."""
+    kernel = c.call.kernel
     if not isinstance(kernel, Autotuner):
-        return [({}, True)]
-    nargs = dict(zip(kernel.arg_names, launch.args))
+        return [(None, True)]
+    nargs = dict(zip(kernel.arg_names, c.call.args))
 
     def pruned():
         configs = kernel.configs
         if kernel.early_config_prune and len(configs) > 1:
-            configs = kernel.early_config_prune(configs, nargs, **launch.kwargs)
+            configs = kernel.early_config_prune(configs, nargs, **c.call.constexprs)
         return configs
 
     saved = os.environ.get("VPOG_TRITON_AUTOTUNE")
@@ -249,37 +235,59 @@ def configs_of(launch: Launch):
             os.environ.pop("VPOG_TRITON_AUTOTUNE", None)
         else:
             os.environ["VPOG_TRITON_AUTOTUNE"] = saved
-    return [(c.all_kwargs(), c is default) for c in configs]
+    return [(cfg, cfg is default) for cfg in configs]
 
 
-def specialise(launch: Launch, config_kwargs: dict):
-    """(jit fn, specialisation key, signature, constexprs, attrs, options) as JITFunction.run builds them."""
-    fn = _jit_fn(launch.kernel)
-    backend = _backend()
-    if fn not in _BINDERS:
-        _BINDERS[fn] = create_function_from_signature(fn.signature, fn.params, backend)
-    args = [_Pointer(a) if isinstance(a, torch.Tensor) else a for a in launch.args]
-    kwargs = {**launch.kwargs, **config_kwargs}
-    knobs = triton.knobs
-    kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
-    for name in ("instrumentation_mode", "fpsan_homomorphic_casts"):
-        if hasattr(knobs.compilation, name):
-            kwargs[name] = getattr(knobs.compilation, name)
-    # the default launch's fp fusion, stated so that Triton does not warn about the default
-    kwargs.setdefault("enable_fp_fusion", bool(knobs.language.default_fp_fusion))
-    bound, spec, options = _BINDERS[fn](*args, **kwargs)
-    if hasattr(fn, "_pack_args"):  # triton >= 3.9
-        options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
-    else:  # the same steps, inline in JITFunction.run of older versions (flat arguments only)
-        options = backend.parse_options(kwargs)
-        types = [s[0] for s in spec]
-        signature = dict(zip(fn.arg_names, types))
-        values = list(bound.values())
-        constexprs = {(i,): values[i] for i, t in enumerate(types) if t == "constexpr"}
-        attrs = {(i,): backend.parse_attr(s[1]) for i, s in enumerate(spec)
-                 if s[0] != "constexpr" and isinstance(s[1], str)}
-    key = tuple((s[0], str(s[1])) for s in spec)
-    return fn, key, signature, constexprs, attrs, options
+def _specialise_value(fn_name: str, name: str, value):
+    """(signature type, divisibility hint, constant) of one runtime argument, as Triton's JIT sees it."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype not in POINTER_TYPES:
+            raise ValueError(f"{fn_name}: argument {name} has dtype {value.dtype}, not in {list(POINTER_TYPES)}")
+        # device allocations are 256-byte aligned: the storage offset decides the address's alignment
+        return "*" + POINTER_TYPES[value.dtype], value.storage_offset() * value.element_size() % 16 == 0, None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{fn_name}: runtime argument {name} = {value!r}: only tensors, ints and floats are passed")
+    if isinstance(value, float):
+        return "fp32", False, None  # floats are never specialised
+    if value == 1:
+        return "constexpr", False, 1
+    return ("i32" if -2**31 <= value < 2**31 else "i64"), value % 16 == 0, None
+
+
+def specialise(c: Captured, config):
+    """(jit fn, key, signature, constexprs, attrs, options) of launch `c` compiled with autotune `config`.
+
+    The specialisation of a launch by Triton's JIT: tensor arguments are `*<dtype>` pointers, with a
+    divisibility hint of 16 when their address is a multiple of 16; int arguments equal to 1 become
+    constants, others are i32 (i64 beyond int32) with a divisibility hint when divisible by 16; float
+    arguments are fp32. `constexprs` are the launch's and the config's. `key` identifies the compiled
+    kernel (for deduplication and the --keys survey).
+    """
+    fn = _jit_fn(c.call.kernel)
+    names = list(fn.arg_names)
+    constexprs = {k: v for k, v in c.call.constexprs.items() if k in names}
+    options = {k: v for k, v in c.call.constexprs.items() if k not in names}  # num_warps of a plain kernel
+    if config is not None:
+        constexprs.update(config.kwargs)
+        options.update({k: v for k, v in config.all_kwargs().items() if k not in config.kwargs})
+    options.setdefault("enable_fp_fusion", True)  # a default launch's, stated (Triton warns about the default)
+    signature, attrs, key = {}, {}, []
+    for i, name in enumerate(names):
+        if i < len(c.call.args):
+            ty, divisible, constant = _specialise_value(fn.__name__, name, c.call.args[i])
+            signature[name] = ty
+            if constant is not None:
+                constexprs[name] = constant
+            if divisible:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+            key.append((name, ty, constant if constant is not None else divisible))
+        elif name in constexprs:
+            signature[name] = "constexpr"
+            key.append((name, "constexpr", constexprs[name]))
+        else:
+            raise ValueError(f"{fn.__name__}: the launch gives no value for parameter {name}")
+    key.append(("options", json.dumps(options, sort_keys=True)))
+    return fn, tuple(key), signature, constexprs, attrs, options
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,18 +312,22 @@ class Row:
     ctas_per_sm: int | None = None
     compile_s: float = 0.0
     cubin_bytes: int = 0
+    ptxas: str = ""
     flags: list = field(default_factory=list)
     error: str | None = None
 
 
 _PTXAS_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _PTXAS_REGS = re.compile(r"Used (\d+) registers")
+_CUBIN_TOOLKIT = re.compile(rb"compilation tools, release (\d+\.\d+)")
 
 
 def parse_ptxas_log(text: str) -> dict:
+    """Registers, stack and spills from ptxas -v's log; RuntimeError when the log has none."""
     spill, regs = _PTXAS_SPILL.search(text), _PTXAS_REGS.search(text)
     if not (spill and regs):
-        raise RuntimeError(f"unexpected ptxas log:\n{text}")
+        raise RuntimeError(f"no ptxas -v log in triton {triton.__version__}'s output (does it honour "
+                           f"TRITON_DUMP_PTXAS_LOG=1?):\n{text[-2000:]}")
     return {"regs": int(regs.group(1)), "stack": int(spill.group(1)), "spill_stores": int(spill.group(2)),
             "spill_loads": int(spill.group(3))}
 
@@ -329,46 +341,21 @@ def ctas_per_sm(regs: int, smem: int, num_warps: int) -> int:
 
 def compile_spec(fn, signature, constexprs, attrs, options) -> dict:
     """triton.compile for sm_90; -> measured fields of a Row (or its error)."""
-    nvidia = triton.knobs.nvidia
-    has_log = hasattr(nvidia, "dump_ptxas_log")
-    saved = nvidia.dump_ptxas_log if has_log else None
     out = io.StringIO()
     start = time.perf_counter()
     try:
-        if has_log:  # Triton then prints ptxas -v's log (registers, spills) to stdout
-            nvidia.dump_ptxas_log = True
-        with contextlib.redirect_stdout(out):
-            kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET,
-                                    options=options.__dict__)
+        with contextlib.redirect_stdout(out):  # ptxas's log (TRITON_DUMP_PTXAS_LOG, set above)
+            kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=options)
     except Exception as exc:  # a config that does not compile is a result to report
         return {"compile_s": time.perf_counter() - start, "error": f"{type(exc).__name__}: {exc}"[:2000]}
-    finally:
-        if has_log:
-            nvidia.dump_ptxas_log = saved
     elapsed = time.perf_counter() - start
-    ptx = kernel.asm["ptx"]
-    text = out.getvalue()
-    if "Used" not in text:  # cache hit or an older Triton: run ptxas -v on the PTX for the numbers
-        text = _ptxas_verbose(ptx, options)
-    res = parse_ptxas_log(text)
+    ptx, cubin = kernel.asm["ptx"], kernel.asm["cubin"]
+    res = parse_ptxas_log(out.getvalue())
+    tool = _CUBIN_TOOLKIT.search(cubin)  # the cubin's tool note names the ptxas that built it
     res.update(smem=int(kernel.metadata.shared), num_warps=int(kernel.metadata.num_warps), compile_s=elapsed,
                mma="wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "fma",
-               cubin_bytes=len(kernel.asm["cubin"]))
+               cubin_bytes=len(cubin), ptxas=tool.group(1).decode() if tool else "unknown")
     return res
-
-
-def _ptxas_verbose(ptx: str, options) -> str:
-    """ptxas -v's log for `ptx`, with the flags Triton passes that change code generation."""
-    from triton.backends.nvidia import compiler as nv
-
-    ptxas = nv.get_ptxas(TARGET.arch).path if hasattr(nv, "get_ptxas") else triton.knobs.nvidia.ptxas.path
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "k.ptx"
-        src.write_text(ptx)
-        fmad = [] if options.enable_fp_fusion else ["--fmad=false"]
-        cmd = [ptxas, "-v", *fmad, "--regAllocOptLevel=2", f"--gpu-name={nv.sm_arch_from_capability(TARGET.arch)}",
-               str(src), "-o", str(Path(tmp) / "k.o")]
-        return subprocess.run(cmd, check=True, capture_output=True, text=True).stderr
 
 
 def flags_of(row: Row) -> list:
@@ -384,13 +371,13 @@ def flags_of(row: Row) -> list:
     return flags
 
 
-def _config_str(kwargs: dict, launch: Launch) -> str:
-    if not kwargs:  # not autotuned: the launch's own constexprs
-        keys = [k for k in ("BLOCK", "BLOCK_P") if k in launch.kwargs]
-        parts = [f"{k}={launch.kwargs[k]}" for k in keys]
-        return " ".join(parts + [f"w{launch.kwargs.get('num_warps', 4)}"])
-    blocks = " ".join(f"{k}={v}" for k, v in kwargs.items() if k.isupper())
-    return f"{blocks} w{kwargs.get('num_warps')} s{kwargs.get('num_stages')}"
+def _config_str(config, c: Captured) -> str:
+    if config is None:  # not autotuned: the launch's own constexprs
+        given = c.call.constexprs
+        parts = [f"{k}={given[k]}" for k in ("BLOCK", "BLOCK_P") if k in given]
+        return " ".join(parts + [f"w{given.get('num_warps', 4)}"])
+    blocks = " ".join(f"{k}={v}" for k, v in config.kwargs.items())
+    return f"{blocks} w{config.num_warps} s{config.num_stages}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -418,7 +405,7 @@ def plan(head_dims, dtypes, seqs, subset: bool):
     return launches
 
 
-def _in_subset(c: Launch) -> bool:
+def _in_subset(c: Captured) -> bool:
     """Each kernel once; every dtype of the forward at D = 64; D = 32 and 128 once each (bf16 forward)."""
     dt, D = c.case["dtype"], c.case["head_dim"]
     if c.name == "attn_fwd":
@@ -433,14 +420,14 @@ def build_rows(launches, subset: bool, progress: bool):
     jobs, rows, seen = [], [], {}
     for launch in launches:
         bucket = str(attn_kernels.n_bucket(launch.case["N"])) if launch.case["N"] else "-"
-        for kwargs, default in configs_of(launch):
+        for config, default in configs_of(launch):
             default = default and launch.case.get("default", True)
             if subset and not default:
                 continue
-            fn, key, signature, constexprs, attrs, options = specialise(launch, kwargs)
-            row = Row(kernel=launch.name, config=_config_str(kwargs, launch), default=default,
+            fn, key, signature, constexprs, attrs, options = specialise(launch, config)
+            row = Row(kernel=launch.name, config=_config_str(config, launch), default=default,
                       dtype=launch.case["dtype"], head_dim=launch.case["head_dim"], n_bucket=bucket)
-            ident = (fn.__name__, key, options.hash())
+            ident = (fn.__name__, key)
             if ident not in seen:
                 seen[ident] = len(jobs)
                 jobs.append((fn, signature, constexprs, attrs, options))
@@ -492,8 +479,8 @@ def key_survey(head_dim=64, dtype="bf16", batches=(1, 2, 7, 32, 224), seqs=None)
 
     def add(calls, B, N):
         for c in calls:
-            cfg = configs_of(c)[0][0]
-            key = specialise(c, cfg)[1]
+            configs = configs_of(c)
+            key = specialise(c, next((cfg for cfg, default in configs if default), configs[0][0]))[1]
             survey.setdefault(c.name, []).append({"B": B, "N": N, "autotune_key": _jsonable(autotune_key(c)),
                                                  "spec": _jsonable(key)})
 
@@ -580,13 +567,6 @@ def render_console(rows) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in table)
 
 
-def _ptxas_version() -> str:
-    from triton.backends.nvidia.compiler import get_ptxas_version
-
-    match = re.search(r"release ([\d.]+)", get_ptxas_version(TARGET.arch))
-    return match.group(1) if match else "unknown"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -597,17 +577,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seq", default="197,1378", help="sequence lengths (one per N bucket the pruner tells apart)")
     parser.add_argument("--subset", action="store_true", help="the test's representative subset, default configs only")
     parser.add_argument("--keys", action="store_true", help="survey specialisation keys over B and N")
-    parser.add_argument("--cache-dir", help="Triton cache directory (default: a fresh temporary one)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no console table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.out is None and args.json is None:
         parser.error("give a markdown path and/or --json")
 
-    with contextlib.ExitStack() as stack:
-        cache = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="triton_sm90_"))
-        os.environ["TRITON_CACHE_DIR"] = cache
-        triton.knobs.cache.dir = cache
+    with tempfile.TemporaryDirectory(prefix="triton_sm90_") as cache:
+        os.environ["TRITON_CACHE_DIR"] = cache  # nothing of this run lands in the user's Triton cache
         start = time.perf_counter()
         head_dims = [int(x) for x in args.head_dims.split(",")]
         seqs = [int(x) for x in args.seq.split(",")]
@@ -619,7 +596,8 @@ def main(argv=None) -> int:
         rows, compiles = build_rows(launches, args.subset, progress=not args.quiet)
         survey = key_survey() if args.keys else None
         key_lines = summarise_keys(survey) if survey else None
-        meta = {"date": time.strftime("%Y-%m-%d"), "triton": triton.__version__, "ptxas": _ptxas_version(),
+        ptxas = ", ".join(sorted({r.ptxas for r in rows if r.ptxas})) or "-"
+        meta = {"date": time.strftime("%Y-%m-%d"), "triton": triton.__version__, "ptxas": ptxas,
                 "target": f"{TARGET.backend} sm_{TARGET.arch}", "compiles": compiles, "rows": len(rows),
                 "failed": sum(bool(r.error) for r in rows),
                 "problems": sum(bool(PROBLEMS & set(r.flags)) for r in rows),

@@ -2,20 +2,23 @@
 
 Every op has a PyTorch reference path and may have faster ones:
 
-==========  =========================================================  ==============
-name        what                                                       devices
-==========  =========================================================  ==============
-reference   plain PyTorch, the ground truth the others are tested on   any
-triton      Triton kernel in `vpog.kernels`                            CUDA; CPU only
-                                                                       under
-                                                                       TRITON_INTERPRET=1
-cuda        CUDA kernel of the extension `vpog._C`                     CUDA
-cpu         C++ CPU kernel of the extension `vpog._C`                  CPU
-==========  =========================================================  ==============
+================  =========================================================  ==============
+name              what                                                       devices
+================  =========================================================  ==============
+reference         plain PyTorch, the ground truth the others are tested on   any
+triton            Triton kernel in `vpog.kernels`                            CUDA; CPU only
+                                                                             under
+                                                                             TRITON_INTERPRET=1
+triton_rope_sdpa  Triton rotation pre-pass, then PyTorch SDPA                as triton
+                  (s2rope_attention only)
+cuda              CUDA kernel of the extension `vpog._C`                     CUDA
+cpu               C++ CPU kernel of the extension `vpog._C`                  CPU
+================  =========================================================  ==============
 
 `backend="auto"` takes the first available entry of the op's preference list for the tensors'
-device (the lists are measured choices documented next to each op). A forced backend that cannot
-run raises a `RuntimeError` that says why; an "auto" fallback to the reference path is logged once.
+device (one fixed list per op and device type, documented next to each op). A forced backend that
+cannot run raises a `RuntimeError` that says why; an "auto" fallback to the reference path is
+logged once.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+
+from vpog.kernels.launch import triton_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +70,6 @@ def triton_status() -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}"
 
 
-def triton_interpreter() -> bool:
-    """True when Triton kernels run on the CPU through the interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 @functools.cache
 def extension_status() -> tuple[bool, str]:
     """(loaded, description or the import error) of the compiled extension `vpog._C`."""
@@ -103,6 +102,18 @@ def extension_has_kernel(op: str, dispatch_key: str) -> bool:
         return False
 
 
+def extension_op_exists(name: str) -> bool:
+    """Whether the loaded extension defines `torch.ops.vpog.<name>` (whatever its kernels); the ops
+    register their fake (meta) kernels and autograd only then."""
+    if not extension_status()[0]:
+        return False
+    try:
+        getattr(torch.ops.vpog, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # Per-op registry
 
@@ -120,8 +131,6 @@ class OpSpec:
     backends: tuple[str, ...]
     auto: dict[str, tuple[str, ...]]
     extension_ops: tuple[str, ...] = ()
-    notes: str = ""
-    _checks: dict[str, Callable[[torch.device], str | None]] = field(default_factory=dict)
 
     def unavailable_reason(self, backend: str, device: torch.device) -> str | None:
         """None when `backend` can run this op on `device`, else why not."""
@@ -130,10 +139,8 @@ class OpSpec:
         if backend == "reference":
             return None
         if backend.startswith("triton"):
-            reason = triton_unavailable_reason(device)
-            if reason is not None:
-                return reason
-        elif backend in ("cuda", "cpu"):
+            return triton_unavailable_reason(device)
+        if backend in ("cuda", "cpu"):
             want = "CUDA" if backend == "cuda" else "CPU"
             if device.type != backend:
                 return f"the {BACKEND_LABELS[backend]} needs {backend} tensors, got device '{device}'"
@@ -143,18 +150,12 @@ class OpSpec:
             missing = [op for op in self.extension_ops if not extension_has_kernel(op, want)]
             if missing:
                 return f"vpog._C has no {want} kernel for {', '.join('vpog::' + m for m in missing)}"
-        check = self._checks.get(backend)
-        return check(device) if check is not None else None
-
-    def available(self, device: torch.device) -> list[str]:
-        return [b for b in self.backends if self.unavailable_reason(b, device) is None]
+        return None
 
     def auto_choice(self, device: torch.device) -> str:
-        order = tuple(self.auto.get(device.type, ())) + ("reference",)
-        for backend in order:
-            if self.unavailable_reason(backend, device) is None:
-                return backend
-        return "reference"
+        """The first backend of the op's "auto" list for `device` that can run, else the reference."""
+        order = (*self.auto.get(device.type, ()), "reference")
+        return next(b for b in order if self.unavailable_reason(b, device) is None)
 
     def label(self, backend: str, device: torch.device) -> str:
         if backend == "triton" and device.type == "cpu":
@@ -170,8 +171,6 @@ def register_op(
     backends: Sequence[str],
     auto: dict[str, Sequence[str]],
     extension_ops: Sequence[str] = (),
-    notes: str = "",
-    checks: dict[str, Callable[[torch.device], str | None]] | None = None,
 ) -> OpSpec:
     """Declare an op's backends (called once, at import of the op's module)."""
     for b in backends:
@@ -182,8 +181,6 @@ def register_op(
         backends=tuple(backends),
         auto={k: tuple(v) for k, v in auto.items()},
         extension_ops=tuple(extension_ops),
-        notes=notes,
-        _checks=dict(checks or {}),
     )
     OPS[name] = spec
     return spec

@@ -400,10 +400,14 @@ def test_triton_interpreter_block_sizes():
 
     scene = random_scene(1, 2, 48, 64, seed=7)
     for block_p in (1, 8, 64):  # 12 patches: 8 leaves a partial block, 64 (the CPU default) one
-        out = FlowLabels(*patch_flow_labels_fwd(**scene, block_p=block_p))
+        out = FlowLabels(*patch_flow_labels_fwd(**scene, patch_size=P, block_p=block_p))
         assert_matches_reference(out, scene)
     with pytest.raises(ValueError, match="block_p must be a power of two"):
-        patch_flow_labels_fwd(**scene, block_p=3)
+        patch_flow_labels_fwd(**scene, patch_size=P, block_p=3)
+    with pytest.raises(ValueError, match="patch_size must be a power of two"):
+        patch_flow_labels_fwd(**scene, patch_size=12)
+    with pytest.raises(ValueError, match="multiple of patch_size 32"):
+        patch_flow_labels_fwd(**scene, patch_size=32)  # 48 x 64
 
 
 @pytest.mark.cuda

@@ -24,16 +24,17 @@ from vpog.ops.pnp_cost import adaptive_huber_delta, pnp_cost, pnp_cost_reference
 from vpog.ops.pnp_solve import draw_random_init, pnp_solve, pnp_solve_reference
 from vpog.pnp.amis import MAX_FAST_ROUNDS, amis, amis_reference
 from vpog.pnp.distributions import draw_amis_noise
-from vpog.pnp.testing import perturb_poses, random_amis_inputs, random_pnp_problems
+from vpog.pnp.testing import (
+    assert_same_solution,
+    perturb_poses,
+    random_amis_inputs,
+    random_pnp_problems,
+    relative_error,
+)
 
 pytestmark = pytest.mark.cuda
 
 SOLVE_TOL = {torch.float64: (1e-7, 1e-7, 1e-7), torch.float32: (1e-3, 1e-3, 2e-3)}
-
-
-def _rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
 def _problem(B, N, dtype, seed=0, angle=10.0, device="cuda"):
@@ -53,15 +54,6 @@ def _solve_pair(x3d, x2d, w2d, K, init, random_init, num_iter=10, proposals=8, p
     return type(ref)(*out), ref
 
 
-def _assert_solve_same(out, ref, dtype):
-    tol_pose, tol_cost, tol_jtj = SOLVE_TOL[dtype]
-    assert _rel(out.pose, ref.pose) < tol_pose, _rel(out.pose, ref.pose)
-    assert _rel(out.cost, ref.cost) < tol_cost, _rel(out.cost, ref.cost)
-    assert _rel(out.jtj, ref.jtj) < tol_jtj, _rel(out.jtj, ref.jtj)
-    assert torch.equal(out.valid, ref.valid)
-    assert _rel(out.cost_init, ref.cost_init) < tol_cost or (ref.cost_init == 0).all()
-
-
 # --------------------------------------------------------------------------------------------
 # pnp_solve
 
@@ -79,7 +71,7 @@ def test_solve_degenerate_neighbours(random_init):
     out, ref = _solve_pair(x3d, x2d, w2d, K, init, random_init, proposals=8, points=4)
     for t in (out.pose, out.cost, out.jtj, out.cost_init):
         assert torch.isfinite(t).all()
-    _assert_solve_same(out, ref, torch.float64)
+    assert_same_solution(out, ref, SOLVE_TOL[torch.float64])
     assert bool(out.valid[0]) and bool(out.valid[7]) and bool(out.valid[8])
 
 
@@ -89,7 +81,7 @@ def test_solve_degenerate_neighbours(random_init):
 def test_solve_fewer_points_than_lanes(dtype, B, N, random_init):
     x3d, x2d, w2d, K, init = _problem(B, N, dtype, seed=B * 100 + N)
     out, ref = _solve_pair(x3d, x2d, w2d, K, init, random_init, proposals=4, points=min(N, 5))
-    _assert_solve_same(out, ref, dtype)
+    assert_same_solution(out, ref, SOLVE_TOL[dtype])
 
 
 @pytest.mark.parametrize("random_init", [False, True])
@@ -104,7 +96,7 @@ def test_solve_large_batch_matches_cpu(random_init):
     cpu = torch.ops.vpog.pnp_solve(*(t.cpu() for t in (x3d, x2d, w2d, K, delta)),
                                    *(None if t is None else t.cpu() for t in (pose_init, index, quat)), *args[4:])
     for a, b in zip(out[:3], cpu[:3]):
-        assert _rel(a.cpu(), b) < 1e-7
+        assert relative_error(a.cpu(), b) < 1e-7
     assert torch.equal(out[3].cpu(), cpu[3])
 
 
@@ -142,11 +134,11 @@ def _cost_check(pose, x3d, x2d, w2d, K, delta, grad, tol):
     ins_f = [t.clone().requires_grad_() for t in (x3d, x2d, w2d, delta)]
     ref = pnp_cost_reference(pose, ins_r[0], ins_r[1], ins_r[2], K, ins_r[3])
     out = pnp_cost(pose, ins_f[0], ins_f[1], ins_f[2], K, ins_f[3], backend="cuda")
-    assert _rel(out, ref) < tol
+    assert relative_error(out, ref) < tol
     g_ref = torch.autograd.grad(ref, ins_r, grad)
     g_out = torch.autograd.grad(out, ins_f, grad)
     for name, a, b in zip(("x3d", "x2d", "w2d", "delta"), g_out, g_ref):
-        assert _rel(a, b) < tol, f"grad {name}: {_rel(a, b)}"
+        assert relative_error(a, b) < tol, f"grad {name}: {relative_error(a, b)}"
 
 
 def test_cost_more_problems_than_grid_y():
@@ -176,11 +168,11 @@ def test_cost_same_arithmetic_as_cpu():
     args = (pose, x3d, x2d, w2d, K, delta)
     cpu_args = [t.cpu() for t in args]
     out = torch.ops.vpog.pnp_cost_fwd(*args, 0.01)
-    assert _rel(out.cpu(), torch.ops.vpog.pnp_cost_fwd(*cpu_args, 0.01)) < 1e-12
+    assert relative_error(out.cpu(), torch.ops.vpog.pnp_cost_fwd(*cpu_args, 0.01)) < 1e-12
     g_out = torch.ops.vpog.pnp_cost_bwd(grad, *args, 0.01)
     g_cpu = torch.ops.vpog.pnp_cost_bwd(grad.cpu(), *cpu_args, 0.01)
     for a, b in zip(g_out, g_cpu):
-        assert _rel(a.cpu(), b) < 1e-12
+        assert relative_error(a.cpu(), b) < 1e-12
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +189,7 @@ def test_amis_max_rounds_and_tails(B, N, R, S):
     ref = amis_reference(*args, 0.01)
     out = amis(*args, 0.01, backend="cuda")
     for a, b in zip(out, ref):
-        assert _rel(a, b) < 1e-8, _rel(a, b)
+        assert relative_error(a, b) < 1e-8, relative_error(a, b)
 
 
 # --------------------------------------------------------------------------------------------

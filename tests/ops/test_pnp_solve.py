@@ -17,7 +17,7 @@ from vpog._backend import OPS
 from vpog.geometry import quaternion_to_matrix, rotation_angle_deg
 from vpog.ops.pnp_cost import adaptive_huber_delta, pnp_cost_reference
 from vpog.ops.pnp_solve import draw_random_init, pnp_solve, pnp_solve_reference
-from vpog.pnp.testing import perturb_poses, random_pnp_problems
+from vpog.pnp.testing import assert_same_solution, perturb_poses, random_pnp_problems
 
 TOL = {torch.float64: (1e-7, 1e-7, 1e-7), torch.float32: (1e-3, 1e-3, 2e-3)}
 
@@ -29,27 +29,11 @@ def _has(backend, device="cpu"):
 needs_cpu_ext = pytest.mark.skipif(not _has("cpu"), reason="vpog._C (C++ CPU kernels) not built")
 
 
-def _rel(a, b):
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-
-
 def _problem(B, N, dtype, device="cpu", noise=2.0, seed=0, angle=30.0):
     g = torch.Generator().manual_seed(seed)
     p = random_pnp_problems(B, N, noise=noise, dtype=dtype, generator=g)
     init = perturb_poses(p.pose, 0.03, angle, generator=g)
     return [t.to(device) for t in (p.x3d, p.x2d, p.w2d, p.K, p.pose, init)]
-
-
-def _assert_same(out, ref, dtype):
-    tol_pose, tol_cost, tol_jtj = TOL[dtype]
-    assert _rel(out.pose, ref.pose) < tol_pose, _rel(out.pose, ref.pose)
-    assert _rel(out.cost, ref.cost) < tol_cost, _rel(out.cost, ref.cost)
-    assert _rel(out.jtj, ref.jtj) < tol_jtj, _rel(out.jtj, ref.jtj)
-    assert torch.equal(out.valid, ref.valid)
-    if ref.cost_init.abs().max() > 0:
-        assert _rel(out.cost_init, ref.cost_init) < tol_cost
-    else:  # no pose_init (or only non-finite problems): zeros in every backend
-        assert (out.cost_init == 0).all()
 
 
 def _compare(backend, device, dtype, mode, fast_mode, num_iter, B=5, N=23):
@@ -61,7 +45,7 @@ def _compare(backend, device, dtype, mode, fast_mode, num_iter, B=5, N=23):
     ref = pnp_solve_reference(x3d, x2d, w2d, K, delta, pose_init, num_iter, fast_mode, index, quat, 3, force)
     out = torch.ops.vpog.pnp_solve(x3d, x2d, w2d, K, delta, pose_init, index, quat, num_iter, 3, fast_mode, force,
                                    0.01)
-    _assert_same(type(ref)(*out), ref, dtype)
+    assert_same_solution(type(ref)(*out), ref, TOL[dtype])
 
 
 @needs_cpu_ext
@@ -185,7 +169,7 @@ def test_degenerate_cpu_matches_reference(random_init):
     pose_init = None if random_init else init
     ref = pnp_solve_reference(x3d, x2d, w2d, K, delta, pose_init, 10, False, index, quat, 3, False)
     out = torch.ops.vpog.pnp_solve(x3d, x2d, w2d, K, delta, pose_init, index, quat, 10, 3, False, False, 0.01)
-    _assert_same(type(ref)(*out), ref, torch.float64)
+    assert_same_solution(type(ref)(*out), ref, TOL[torch.float64])
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_cpu_ext)])

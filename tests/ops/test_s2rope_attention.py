@@ -6,25 +6,21 @@ at tiny sizes; the cases marked `cuda` run the real sizes (N = 196, 1378; D = 32
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
 import torch
 
-from vpog._backend import select_backend, triton_status
+from vpog import _backend
+from vpog._backend import select_backend, set_default_backend, triton_status
 from vpog.ops.s2rope_attention import (
-    AUTO_TABLE,
-    AutoRule,
     apply_s2rope,
     s2rope_angles,
     s2rope_attention,
-    s2rope_attention_auto_path,
     s2rope_attention_reference,
     s2rope_pair_tables,
 )
 
-ops_mod = importlib.import_module("vpog.ops.s2rope_attention")  # the module, not the op of that name
 HAS_TRITON = triton_status()[0]
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 CUDA = torch.cuda.is_available()
@@ -107,22 +103,32 @@ def test_pair_tables_reproduce_reference_angles():
         torch.testing.assert_close(rot, apply_s2rope(x, pos, n))
 
 
-def test_auto_is_reference_on_cpu():
+def test_auto_is_reference_on_cpu(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter is for tests: "auto" never takes it
     q, k, v, pos = _inputs(1, 2, 7, 32, torch.float32, "cpu")
     assert select_backend("s2rope_attention", "auto", q.device) == "reference"
-    assert s2rope_attention_auto_path(q, k, v, pos, (4, 4, 4, 4)) == "reference"
     torch.testing.assert_close(s2rope_attention(q, k, v, pos, (4, 4, 4, 4)),
                                s2rope_attention_reference(q, k, v, pos, (4, 4, 4, 4)), rtol=0, atol=0)
 
 
-def test_auto_table_rules():
-    rule = AutoRule("triton", dtypes=("bfloat16",), head_dims=(64,), n_range=(256, 2048), modes=("train",))
-    assert rule.matches(torch.bfloat16, 64, 1378, "train")
-    assert not rule.matches(torch.bfloat16, 64, 256, "train")  # (lo, hi]
-    assert not rule.matches(torch.float16, 64, 1378, "train")
-    assert not rule.matches(torch.bfloat16, 64, 1378, "fwd")
-    assert all(r.path in ops_mod.PATHS for r in AUTO_TABLE)
-    assert ops_mod._n_bucket(196) == 256 and ops_mod._n_bucket(1378) == 2048 and ops_mod._n_bucket(3) == 16
+@needs_triton
+@pytest.mark.parametrize("default", FAST)
+def test_default_backend_falls_back_for_inputs_it_cannot_take(default, caplog, monkeypatch):
+    """A process-wide default (ops.backend) is an "auto" request: inputs the fast backend does not
+    take (float64; a head dim outside 32/64/128 for the fused kernel) run the reference, logged once."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _backend._warned.clear()
+    q, k, v, pos = _inputs(1, 2, 5, 48, torch.float64, "cpu")
+    set_default_backend(default)
+    try:
+        with caplog.at_level("WARNING", logger="vpog._backend"):
+            out = s2rope_attention(q, k, v, pos, (6, 6, 6, 6))
+            s2rope_attention(q, k, v, pos, (6, 6, 6, 6))
+    finally:
+        set_default_backend("auto")
+    torch.testing.assert_close(out, s2rope_attention_reference(q, k, v, pos, (6, 6, 6, 6)), rtol=0, atol=0)
+    warnings = [r.getMessage() for r in caplog.records if "s2rope_attention" in r.getMessage()]
+    assert len(warnings) == 1 and f"'{default}' does not take dtype torch.float64" in warnings[0], warnings
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,14 +305,15 @@ def test_cuda_autotune_not_keyed_on_batch():
 
 
 @pytest.mark.cuda
-def test_cuda_auto_choice(monkeypatch):
-    q, k, v, pos = _inputs(2, 2, 196, 64, torch.bfloat16, torch.device("cuda"))
-    assert s2rope_attention_auto_path(q, k, v, pos) in ops_mod.PATHS
-    monkeypatch.setenv("VPOG_ATTN_AUTOTUNE", "1")
-    ops_mod._TUNED.clear()
-    q.requires_grad_()
-    path = s2rope_attention_auto_path(q, k, v, pos)
-    assert path in ops_mod.PATHS and len(ops_mod._TUNED) == 1
-    _check("auto", q, k, v, pos, (10, 10, 6, 6))
-    q64 = q.detach().double()
-    assert s2rope_attention_auto_path(q64, q64, q64, pos) == "reference"
+def test_cuda_auto_rule():
+    """CUDA: "auto" is the rotation pre-pass + SDPA (any head dim), and the reference for float64."""
+    cuda = torch.device("cuda")
+    assert select_backend("s2rope_attention", "auto", cuda) == "triton_rope_sdpa"
+    n = (6, 6, 6, 6)
+    q, k, v, pos = _inputs(2, 2, 196, 48, torch.bfloat16, cuda)  # D = 48: not a fused-kernel head dim
+    torch.testing.assert_close(s2rope_attention(q, k, v, pos, n),
+                               s2rope_attention(q, k, v, pos, n, backend="triton_rope_sdpa"), rtol=0, atol=0)
+    _check("auto", q, k, v, pos, n)
+    q64, k64, v64 = (t.double() for t in (q, k, v))
+    torch.testing.assert_close(s2rope_attention(q64, k64, v64, pos, n),
+                               s2rope_attention_reference(q64, k64, v64, pos, n), rtol=0, atol=0)

@@ -56,12 +56,7 @@ import torch
 from vpog._backend import register_op, select_backend
 from vpog.geometry import PATCH_SIZE, backproject, check_rigid, invert_pose, project, transform_points
 
-_SPEC = register_op(
-    "patch_flow_labels",
-    backends=("reference", "triton"),
-    auto={"cuda": ("triton",), "cpu": ()},
-    notes="reference: vectorised PyTorch; triton: one fused pass (interpreter on CPU only when forced)",
-)
+register_op("patch_flow_labels", backends=("reference", "triton"), auto={"cuda": ("triton",)})
 
 RIGID_ATOL = 1e-3  # largest |R^T R - I|, |det R - 1| or |last row - (0, 0, 0, 1)| accepted
 
@@ -320,10 +315,9 @@ def patch_flow_labels(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose
     choice = select_backend("patch_flow_labels", backend, q_depth.device)
     if choice == "reference":
         return patch_flow_labels_reference(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau)
-    if choice == "triton":
-        from vpog.kernels.patch_flow_labels import patch_flow_labels_fwd
+    from vpog.kernels.patch_flow_labels import patch_flow_labels_fwd  # "triton": needs triton
 
-        with torch.no_grad():
-            out = patch_flow_labels_fwd(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau)
-        return FlowLabels(*out)
-    raise AssertionError(f"unhandled backend {choice}")  # every registered backend is handled above
+    with torch.no_grad():
+        out = patch_flow_labels_fwd(q_depth, q_mask, q_K, q_pose, t_depth, t_mask, t_K, t_pose, tau,
+                                    patch_size=PATCH_SIZE)
+    return FlowLabels(*out)

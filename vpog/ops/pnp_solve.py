@@ -1,6 +1,6 @@
 """Batched PnP solver of EPro-PnP: Levenberg-Marquardt (or Gauss-Newton) with random-sample init.
 
-Math (SPEC §6; EPro-PnP's `LMSolver` and `RSLMSolver` with `AdaptiveHuberPnPCost`):
+Math (docs/conventions.md §6; EPro-PnP's `LMSolver` and `RSLMSolver` with `AdaptiveHuberPnPCost`):
 
 - Local parametrisation: a step (dt [3], dtheta [3]) maps pose [t, q] to
   [t + dt, normalize(q + T(q) dtheta)] with T(q) the 4x3 matrix of EPro-PnP's
@@ -37,41 +37,33 @@ References: EPro-PnP (tjiiv-cprg/EPro-PnP) `epropnp/levenberg_marquardt.py`, `ca
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
-from vpog._backend import register_op, select_backend
-from vpog.ops.pnp_cost import (
+from vpog._backend import extension_op_exists, register_op, select_backend
+from vpog.ops.pnp_math import (
+    LM_EPS,
+    MIN_VALID_POINTS,
     RELATIVE_DELTA,
     Z_MIN,
     adaptive_huber_delta,
+    center_based_translation,
     check_pose,
     check_problem,
-    extension_op_exists,
-    huber_half_rho,
-    pnp_cost_reference,
+    identity_pose,
+    jtj_with_eps,
+    lm_solve,
+    normalized_pose,
+    problem_cost,
     project_points,
 )
-
-# EPro-PnP's LMSolver constants.
-MIN_LM_DIAGONAL = 1e-6
-MAX_LM_DIAGONAL = 1e32
-MIN_RELATIVE_DECREASE = 1e-3
-INITIAL_TRUST_REGION_RADIUS = 30.0
-MAX_TRUST_REGION_RADIUS = 1e16
-LM_EPS = 1e-5
-IRLS_EPS = 1e-10
-MIN_VALID_POINTS = 4
 
 _SPEC = register_op(
     "pnp_solve",
     backends=("reference", "cuda", "cpu"),
     auto={"cuda": ("cuda",), "cpu": ("cpu",)},
     extension_ops=("pnp_solve",),
-    notes="cuda: one problem per warp, all iterations in one launch; cpu: threads over problems",
 )
 
 
@@ -93,128 +85,7 @@ class PnPResult(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# Reference building blocks
-
-
-def quaternion_tangent(q: torch.Tensor) -> torch.Tensor:
-    """EPro-PnP's 4x3 map from a rotation step dtheta to a quaternion increment. q [..., 4] -> [..., 4, 3]."""
-    w, i, j, k = q.unbind(-1)
-    rows = (i, j, k, -w, -k, j, k, -w, -i, -j, i, -w)
-    return torch.stack(rows, dim=-1).reshape(q.shape[:-1] + (4, 3))
-
-
-def pose_add(pose: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """pose [..., 7] (+) step [..., 6] = [t + dt, normalize(q + T(q) dtheta)]."""
-    q = pose[..., 3:]
-    q_new = q + (quaternion_tangent(q) @ step[..., 3:, None]).squeeze(-1)
-    return torch.cat((pose[..., :3] + step[..., :3], F.normalize(q_new, dim=-1)), dim=-1)
-
-
-def evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose, z_min: float, clip_jac: bool,
-                          differentiable: bool = False):
-    """IRLS-weighted residual [B, 2N], Jacobian [B, 2N, 6] and cost [B] at pose [B, 7].
-
-    `differentiable` uses EPro-PnP's autograd form of the IRLS weight,
-    min(sqrt(max(delta, eps)) / sqrt(max(|e|, eps)), 1) (the same value for delta >= eps).
-    """
-    B, N = x3d.shape[:2]
-    uv, x_rot, z, clamped = project_points(x3d, pose, K, z_min)
-    zz = z.unsqueeze(-1)  # [B, N, 1, 1]
-    j_xy = K[:, None, :2, :2] / zz
-    j_z = (K[:, None, :2, 2:3] - uv.unsqueeze(-1)) / zz
-    j_t = torch.cat((j_xy, j_z), dim=-1)  # [B, N, 2, 3]
-    a = (2 * x_rot).unsqueeze(-2)  # [B, N, 1, 3]; J_rot = J_t [a]x, written out (no tiny batched matmuls)
-    j0, j1, j2 = j_t.unbind(-1)
-    a0, a1, a2 = a.unbind(-1)
-    j_r = torch.stack((j1 * a2 - j2 * a1, j2 * a0 - j0 * a2, j0 * a1 - j1 * a0), dim=-1)
-    jac = torch.cat((j_t, j_r), dim=-1)  # [B, N, 2, 6]
-    if clip_jac:
-        jac = jac.masked_fill(clamped[..., None, None], 0)
-    residual = (uv - x2d) * w2d
-    s = residual.norm(dim=-1)
-    d = delta[:, None]
-    cost = huber_half_rho(s, d).sum(dim=-1)
-    if differentiable:
-        rho_d_sqrt = (d.clamp(min=IRLS_EPS).sqrt() * s.clamp(min=IRLS_EPS).rsqrt()).clamp(max=1.0)
-    else:
-        rho_d_sqrt = (d / s.clamp(min=IRLS_EPS)).clamp(max=1.0).sqrt()
-    residual = residual * rho_d_sqrt[..., None]
-    jac = jac * (w2d * rho_d_sqrt[..., None])[..., None]
-    return residual.reshape(B, 2 * N), jac.reshape(B, 2 * N, 6), cost
-
-
-def spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A^-1 b for SPD A [B, 6, 6], b [B, 6] by Cholesky; zero where A cannot be factorised."""
-    L, info = torch.linalg.cholesky_ex(A)
-    ok = (info == 0) & torch.isfinite(L).all(dim=(-1, -2))
-    L = torch.where(ok[:, None, None], L, torch.eye(6, dtype=A.dtype, device=A.device))
-    x = torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
-    return torch.where(ok[:, None], x, torch.zeros_like(x))
-
-
-def _lm_reference(x3d, x2d, w2d, K, delta, pose, num_iter: int, fast_mode: bool, z_min: float):
-    """EPro-PnP's LMSolver.solve from pose [B, 7]: returns (pose, cost, jtj + eps I)."""
-    eye = torch.eye(6, dtype=x3d.dtype, device=x3d.device)
-    pose = pose.clone()
-    if fast_mode:
-        res, jac, cost = evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose, z_min, clip_jac=False)
-        for i in range(num_iter):
-            if i > 0:
-                res, jac, cost = evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose, z_min, clip_jac=False)
-            jt = jac.transpose(-1, -2)
-            jtj = jt @ jac + LM_EPS * eye
-            step = -spd_solve(jtj, (jt @ res.unsqueeze(-1)).squeeze(-1))
-            pose = pose_add(pose, step)
-        jtj = jac.transpose(-1, -2) @ jac + LM_EPS * eye
-        return pose, cost, jtj
-
-    res, jac, cost = evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose, z_min, clip_jac=True)
-    radius = x3d.new_full((x3d.shape[0],), INITIAL_TRUST_REGION_RADIUS)
-    decrease = x3d.new_full((x3d.shape[0],), 2.0)
-    success = torch.zeros(x3d.shape[0], dtype=torch.bool, device=x3d.device)
-    res_new, jac_new, cost_new = res, jac, cost
-    for _ in range(num_iter):
-        res = torch.where(success[:, None], res_new, res)
-        jac = torch.where(success[:, None, None], jac_new, jac)
-        cost = torch.where(success, cost_new, cost)
-        jt = jac.transpose(-1, -2)
-        jtj = jt @ jac
-        diag = torch.diagonal(jtj, dim1=-2, dim2=-1)
-        damp = diag.clamp(min=MIN_LM_DIAGONAL, max=MAX_LM_DIAGONAL) / radius[:, None] + LM_EPS
-        grad = (jt @ res.unsqueeze(-1)).squeeze(-1)
-        step = -spd_solve(jtj + torch.diag_embed(damp), grad)
-        pose_new = pose_add(pose, step)
-        res_new, jac_new, cost_new = evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose_new, z_min, True)
-        model_change = -(step * ((jtj @ step.unsqueeze(-1)).squeeze(-1) / 2 + grad)).sum(-1)
-        rel = (cost - cost_new) / model_change
-        success = (rel >= MIN_RELATIVE_DECREASE) & (model_change > 0)
-        pose = torch.where(success[:, None], pose_new, pose)
-        shrink = (1.0 - (2.0 * rel - 1.0) ** 3).clamp(min=1.0 / 3.0)
-        radius = torch.where(success, radius / shrink, radius).clamp(min=LM_EPS, max=MAX_TRUST_REGION_RADIUS)
-        decrease = torch.where(success, torch.full_like(decrease, 2.0), decrease)
-        radius = torch.where(success, radius, radius / decrease)
-        decrease = torch.where(success, decrease, decrease * 2.0)
-    jac = torch.where(success[:, None, None], jac_new, jac)
-    cost = torch.where(success, cost_new, cost)
-    jtj = jac.transpose(-1, -2) @ jac + LM_EPS * eye
-    return pose, cost, jtj
-
-
-def center_based_translation(x3d, x2d, K, eps: float = 1e-6):
-    """EPro-PnP's translation guess from the spread of x2d (normalised camera) and x3d. -> [B, 3]."""
-    x2dh = F.pad(x2d, [0, 1], mode="constant", value=1.0)
-    x2dc = torch.linalg.solve_ex(K, x2dh.transpose(-1, -2))[0].transpose(-1, -2)  # no error (or sync) if singular
-    x2dc = x2dc[..., :2] / x2dc[..., 2:].clamp(min=eps)
-    n = x2d.shape[-2]
-
-    def std(x):  # unbiased, as torch.std, written out: NaN without a warning when n = 1
-        mean = x.mean(dim=-2)
-        return ((x - mean.unsqueeze(-2)).square().sum(dim=-2) / (n - 1)).sqrt(), mean
-
-    x2dc_std, x2dc_mean = std(x2dc)
-    x3d_std = std(x3d)[0]
-    scale = math.sqrt(2 / 3) * x3d_std.norm(dim=-1) / x2dc_std.norm(dim=-1).clamp(min=eps)
-    return F.pad(x2dc_mean, [0, 1], mode="constant", value=1.0) * scale[:, None]
+# Reference
 
 
 def draw_random_init(w2d, num_proposals: int, num_points: int, generator=None):
@@ -247,7 +118,7 @@ def draw_random_init(w2d, num_proposals: int, num_points: int, generator=None):
 
 
 def _random_init_reference(x3d, x2d, w2d, K, delta, index, quat, init_iter, fast_mode, z_min):
-    """EPro-PnP's RSLMSolver.solve with given draws -> (pose [B, 7], cost [B])."""
+    """EPro-PnP's RSLMSolver.solve with given draws -> (pose [B, 7], cost [B]) (C++: rs_proposal)."""
     P, B, k = index.shape
     index = index.clamp(0, x3d.shape[1] - 1)  # as the extension: never read outside the problem
     t0 = center_based_translation(x3d, x2d, K)
@@ -257,17 +128,18 @@ def _random_init_reference(x3d, x2d, w2d, K, delta, index, quat, init_iter, fast
     def gather(x):
         return x[bidx, index].reshape(P * B, k, x.shape[-1])
 
-    poses, _, _ = _lm_reference(
+    poses, _, _ = lm_solve(
         gather(x3d), gather(x2d), gather(w2d), K.repeat(P, 1, 1), delta.repeat(P), pose0,
         init_iter, fast_mode, z_min,
     )
     poses = poses.reshape(P, B, 7)
-    cost = pnp_cost_reference(poses, x3d, x2d, w2d, K, delta, z_min)
+    cost = problem_cost(poses, x3d, x2d, w2d, K, delta, z_min)
     min_cost, best = cost.min(dim=0)
     return poses[best, torch.arange(B, device=x3d.device)], min_cost
 
 
 def _input_bad(x3d, x2d, w2d, K, delta, pose_init) -> torch.Tensor:
+    """[B] bool: a NaN or inf in the problem's inputs (C++: problem_bad)."""
     bad = ~(torch.isfinite(x3d).all(dim=(1, 2)) & torch.isfinite(x2d).all(dim=(1, 2))
             & torch.isfinite(w2d).all(dim=(1, 2)) & torch.isfinite(K).all(dim=(1, 2)) & torch.isfinite(delta))
     if pose_init is not None:
@@ -275,10 +147,12 @@ def _input_bad(x3d, x2d, w2d, K, delta, pose_init) -> torch.Tensor:
     return bad
 
 
-def identity_pose(B: int, dtype, device) -> torch.Tensor:
-    pose = torch.zeros((B, 7), dtype=dtype, device=device)
-    pose[:, 3] = 1
-    return pose
+def _unsolved(B: int, like: torch.Tensor) -> PnPResult:
+    """The result of B problems that are not solved (non-finite input, no points): identity pose, cost 0,
+    jtj 1e-5 I, not valid (C++: the problem_bad branch of solve_problem)."""
+    return PnPResult(identity_pose(B, like.dtype, like.device), like.new_zeros(B),
+                     jtj_with_eps(like.new_zeros((B, 6, 6))), torch.zeros(B, dtype=torch.bool, device=like.device),
+                     like.new_zeros(B))
 
 
 def solution_valid(x3d, w2d, K, pose, cost, jtj, z_min: float) -> torch.Tensor:
@@ -301,14 +175,11 @@ def pnp_solve_reference(x3d, x2d, w2d, K, delta, pose_init=None, num_iter=10, fa
         zero = lambda t: torch.where(bad.reshape((B,) + (1,) * (t.dim() - 1)), torch.zeros_like(t), t)
         x3d, x2d, w2d, delta = (zero(t) for t in (x3d, x2d, w2d, delta))
         K = torch.where(bad[:, None, None], torch.eye(3, dtype=K.dtype, device=K.device), K)
-        ident = identity_pose(B, x3d.dtype, x3d.device)
+        unsolved = _unsolved(B, x3d)
         cost_init = torch.zeros_like(delta)
         if pose_init is not None:
-            pose_init = torch.where(bad[:, None], ident, pose_init.detach())
-            q = F.normalize(pose_init[:, 3:], dim=-1)
-            q = torch.where((q == 0).all(-1, keepdim=True), ident[:, 3:], q)
-            pose_init = torch.cat((pose_init[:, :3], q), dim=-1)
-            cost_init = pnp_cost_reference(pose_init, x3d, x2d, w2d, K, delta, z_min)
+            pose_init = normalized_pose(torch.where(bad[:, None], unsolved.pose, pose_init.detach()))
+            cost_init = problem_cost(pose_init, x3d, x2d, w2d, K, delta, z_min)
         if pose_init is None or force_init_solve:
             if init_index is None or init_quat is None:
                 raise ValueError("init_index and init_quat are required without pose_init or with force_init_solve")
@@ -318,12 +189,11 @@ def pnp_solve_reference(x3d, x2d, w2d, K, delta, pose_init=None, num_iter=10, fa
                 pose = torch.where((cost_init < rs_cost)[:, None], pose_init, pose)
         else:
             pose = pose_init
-        pose, cost, jtj = _lm_reference(x3d, x2d, w2d, K, delta, pose, num_iter, fast_mode, z_min)
-        eye = torch.eye(6, dtype=x3d.dtype, device=x3d.device)
-        pose = torch.where(bad[:, None], ident, pose)
-        cost = torch.where(bad, torch.zeros_like(cost), cost)
-        cost_init = torch.where(bad, torch.zeros_like(cost_init), cost_init)
-        jtj = torch.where(bad[:, None, None], LM_EPS * eye, jtj)
+        pose, cost, jtj = lm_solve(x3d, x2d, w2d, K, delta, pose, num_iter, fast_mode, z_min)
+        pose = torch.where(bad[:, None], unsolved.pose, pose)
+        cost = torch.where(bad, unsolved.cost, cost)
+        cost_init = torch.where(bad, unsolved.cost_init, cost_init)
+        jtj = torch.where(bad[:, None, None], unsolved.jtj, jtj)
         valid = ~bad & solution_valid(x3d, w2d, K, pose, cost, jtj, z_min)
         return PnPResult(pose, cost, jtj, valid, cost_init)
 
@@ -366,10 +236,7 @@ def pnp_solve(x3d, x2d, w2d, K, pose_init=None, num_iter: int = 10, fast_mode: b
     if (pose_init is None or force_init_solve) and N > 0 and B > 0:
         index, quat = draw_random_init(w2d.detach(), init_proposals, init_points, generator)
     if N == 0 or B == 0:
-        ident = identity_pose(B, x3d.dtype, x3d.device)
-        eye = torch.eye(6, dtype=x3d.dtype, device=x3d.device).expand(B, 6, 6) * LM_EPS
-        zeros = x3d.new_zeros(B)
-        return PnPResult(ident, zeros, eye.clone(), torch.zeros(B, dtype=torch.bool, device=x3d.device), zeros)
+        return _unsolved(B, x3d)
     if choice == "reference":
         return pnp_solve_reference(x3d, x2d, w2d, K, delta, pose_init, num_iter, fast_mode, index, quat,
                                    init_iter, force_init_solve, z_min)

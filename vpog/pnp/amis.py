@@ -31,9 +31,8 @@ from typing import NamedTuple
 
 import torch
 
-from vpog._backend import register_op, select_backend
-from vpog.ops.pnp_cost import extension_op_exists, pnp_cost_reference
-from vpog.ops.pnp_solve import quaternion_tangent
+from vpog._backend import extension_op_exists, register_op, select_backend
+from vpog.ops.pnp_math import problem_cost, quaternion_tangent
 from vpog.pnp.distributions import (
     AMISNoise,
     acg_log_prob,
@@ -52,7 +51,6 @@ _SPEC = register_op(
     backends=("reference", "cuda", "cpu"),
     auto={"cuda": ("cuda",), "cpu": ("cpu",)},
     extension_ops=("pnp_amis",),
-    notes="cuda: all AMIS rounds of a problem in one block; cpu: threads over problems",
 )
 
 
@@ -79,7 +77,9 @@ def _dispersed_tril(rot_cov: torch.Tensor, dispersion: float) -> torch.Tensor:
 
 
 def initial_proposal(pose_opt, jtj, acg_dispersion: float = ACG_DISPERSION) -> Proposal:
-    """EPro-PnP's `initial_fit` from the solution pose_opt [B, 7] and jtj [B, 6, 6] (J^T J + eps I)."""
+    """EPro-PnP's `initial_fit` from the solution pose_opt [B, 7] and jtj [B, 6, 6] (J^T J + eps I).
+
+    C++: initial_proposal (csrc/pnp_amis.h)."""
     pose_cov = torch.linalg.inv_ex(jtj)[0]
     t_tril = cholesky_or_identity(pose_cov[:, :3, :3])
     eye = torch.eye(4, dtype=jtj.dtype, device=jtj.device)
@@ -92,7 +92,9 @@ def initial_proposal(pose_opt, jtj, acg_dispersion: float = ACG_DISPERSION) -> P
 
 def refit_proposal(samples, log_weights, acg_mle_iter: int = ACG_MLE_ITER,
                    acg_dispersion: float = ACG_DISPERSION, eps: float = AMIS_EPS) -> Proposal:
-    """EPro-PnP's `estimate_params`: samples [M, B, 7], log_weights [M, B] -> the next proposal."""
+    """EPro-PnP's `estimate_params`: samples [M, B, 7], log_weights [M, B] -> the next proposal.
+
+    C++: refit_moments + proposal_from_moments (csrc/pnp_amis.h)."""
     w = torch.softmax(log_weights, dim=0)
     t = samples[..., :3]
     t_loc = (w[..., None] * t).sum(dim=0)
@@ -138,7 +140,7 @@ def amis_reference(x3d, x2d, w2d, K, delta, pose_opt, jtj, noise: AMISNoise, z_m
             t = student_t_sample(p.t_loc, p.t_tril, noise.normal_t[i], noise.chi2[i])
             q = acg_sample(p.r_tril, noise.normal_r[i])
             samples.append(torch.cat((t, q), dim=-1))
-            costs.append(pnp_cost_reference(samples[i], x3d, x2d, w2d, K, delta, z_min))
+            costs.append(problem_cost(samples[i], x3d, x2d, w2d, K, delta, z_min))
             for r in range(i + 1):
                 logp[i][r] = proposal_log_prob(p, samples[r])
             for j in range(i):

@@ -1,4 +1,4 @@
-"""EPro-PnP's Monte Carlo pose loss with derivative regularisation, as a module (SPEC §6, §7).
+"""EPro-PnP's Monte Carlo pose loss with derivative regularisation, as a module (docs/conventions.md §6, §7).
 
 For each of B problems (correspondences x3d, x2d, weights w2d, camera K, ground truth y_gt):
 
@@ -37,17 +37,21 @@ import torch
 import torch.nn.functional as F
 
 from vpog._backend import select_backend
-from vpog.ops.pnp_cost import (
+from vpog.ops.pnp_cost import pnp_cost, pnp_cost_from_values, pnp_cost_reference
+from vpog.ops.pnp_math import (
+    MIN_VALID_POINTS,
     RELATIVE_DELTA,
     Z_MIN,
     adaptive_huber_delta,
     check_pose,
     check_problem,
-    pnp_cost,
-    pnp_cost_from_values,
-    pnp_cost_reference,
+    evaluate_normal_terms,
+    jtj_with_eps,
+    newton_step,
+    normal_equations,
+    pose_add,
 )
-from vpog.ops.pnp_solve import LM_EPS, MIN_VALID_POINTS, evaluate_normal_terms, pnp_solve, pose_add, spd_solve
+from vpog.ops.pnp_solve import pnp_solve
 from vpog.pnp.amis import ACG_DISPERSION, ACG_MLE_ITER, AMIS_EPS, amis
 from vpog.pnp.distributions import draw_amis_noise
 
@@ -163,9 +167,8 @@ def gauss_newton_step(x3d, x2d, w2d, K, delta, pose, z_min: float = Z_MIN):
     """EPro-PnP's differentiable `gn_step` at pose [B, 7] (detached) -> step [B, 6] in (dt, dtheta)."""
     res, jac, _ = evaluate_normal_terms(x3d, x2d, w2d, K, delta, pose.detach(), z_min, clip_jac=True,
                                         differentiable=True)
-    jt = jac.transpose(-1, -2)
-    jtj = jt @ jac + LM_EPS * torch.eye(6, dtype=jac.dtype, device=jac.device)
-    return -spd_solve(jtj, (jt @ res.unsqueeze(-1)).squeeze(-1))
+    jtj, grad = normal_equations(res, jac)
+    return newton_step(jtj_with_eps(jtj), grad)
 
 
 def _smooth_l1(x, beta: float):

@@ -1,4 +1,4 @@
-"""Random PnP problems for tests and benchmarks (one setup factory, SPEC §1 conventions).
+"""Random PnP problems for tests and benchmarks (one setup factory, docs/conventions.md §1 conventions).
 
 An object of `size` metres (points uniform in a cube) at 0.5-1 m in front of a 224x224 crop camera
 (f = 600 px), a uniformly random rotation, pixel noise `noise` (px, Gaussian) and weights in
@@ -63,12 +63,32 @@ def perturb_poses(pose: torch.Tensor, t_sigma: float, angle_deg: float,
     return torch.cat((t, q), dim=-1)
 
 
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| of a result a against its reference b, computed in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def assert_same_solution(out, ref, tol: tuple[float, float, float]) -> None:
+    """Assert that two `pnp_solve` results (PnPResult) agree: pose, cost and jtj within the relative errors
+    tol = (pose, cost, jtj), the same `valid` flags, and cost_init within the cost tolerance (all zeros
+    where the reference has no pose_init cost)."""
+    for name, t in zip(("pose", "cost", "jtj"), tol):
+        err = relative_error(getattr(out, name), getattr(ref, name))
+        assert err < t, f"{name}: relative error {err} >= {t}"
+    assert torch.equal(out.valid, ref.valid), (out.valid, ref.valid)
+    if ref.cost_init.abs().max() > 0:
+        assert relative_error(out.cost_init, ref.cost_init) < tol[1]
+    else:
+        assert (out.cost_init == 0).all()
+
+
 def random_amis_inputs(B: int, N: int, dtype=torch.float64, device="cpu", rounds: int = 4, samples: int = 32,
                        seed: int = 0) -> tuple:
     """Positional arguments of `vpog.pnp.amis.amis` up to `noise` for B random problems (noise 2 px):
     (x3d, x2d, w2d, K, delta, pose_opt, jtj, noise), pose_opt and jtj from a 10-iteration reference
     solve started at the true pose, AMIS noise for `rounds` x `samples`. All on `device`."""
-    from vpog.ops.pnp_cost import adaptive_huber_delta
+    from vpog.ops.pnp_math import adaptive_huber_delta
     from vpog.ops.pnp_solve import pnp_solve
     from vpog.pnp.distributions import draw_amis_noise
 
