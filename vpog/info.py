@@ -22,7 +22,7 @@ OP_MODULES = (
     "vpog.ops.patch_flow_labels",
     "vpog.ops.pnp_solve",
     "vpog.ops.pnp_cost",
-    "vpog.pnp.amis",
+    "vpog.ops.pnp_amis",
 )
 
 

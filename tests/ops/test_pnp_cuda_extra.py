@@ -20,10 +20,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vpog.ops.pnp_amis import MAX_FAST_ROUNDS, amis, amis_reference
 from vpog.ops.pnp_cost import adaptive_huber_delta, pnp_cost, pnp_cost_reference
+from vpog.ops.pnp_distributions import draw_amis_noise
 from vpog.ops.pnp_solve import draw_random_init, pnp_solve, pnp_solve_reference
-from vpog.pnp.amis import MAX_FAST_ROUNDS, amis, amis_reference
-from vpog.pnp.distributions import draw_amis_noise
 from vpog.pnp.testing import (
     assert_same_solution,
     perturb_poses,

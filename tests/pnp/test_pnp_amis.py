@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vpog._backend import OPS
-from vpog.pnp.amis import amis, amis_reference, initial_proposal, refit_proposal
+from vpog.ops.pnp_amis import amis, amis_reference, initial_proposal, refit_proposal
 from vpog.pnp.testing import random_amis_inputs
 
 needs_cpu_ext = pytest.mark.skipif(OPS["pnp_amis"].unavailable_reason("cpu", torch.device("cpu")) is not None,
@@ -105,7 +105,7 @@ def test_op_checks_and_opcheck():
 
 def test_many_rounds_use_the_reference_under_auto():
     """More AMIS rounds than the extension holds on chip: auto runs the reference, a forced fast path says why."""
-    from vpog.pnp.amis import MAX_FAST_ROUNDS
+    from vpog.ops.pnp_amis import MAX_FAST_ROUNDS
 
     R, S = MAX_FAST_ROUNDS + 1, 4
     args = _setup(2, 16, torch.float64, R=R, S=S)

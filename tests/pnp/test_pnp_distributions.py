@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vpog.pnp.distributions import (
+from vpog.ops.pnp_distributions import (
     acg_log_prob,
     acg_sample,
     cholesky_or_identity,

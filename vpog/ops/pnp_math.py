@@ -1,6 +1,6 @@
 """Reference math of the EPro-PnP ops, one batched PyTorch function per routine of `csrc/pnp_math.h`.
 
-The three PnP ops (`vpog.ops.pnp_cost`, `vpog.ops.pnp_solve`, `vpog.pnp.amis`) and the Monte Carlo
+The three PnP ops (`vpog.ops.pnp_cost`, `vpog.ops.pnp_solve`, `vpog.ops.pnp_amis`) and the Monte Carlo
 pose loss (`vpog.pnp.loss`) take their math from here and from nowhere else. Each function names its
 C++ twin (`csrc/pnp_math.h` unless said otherwise); the C++ works on one problem or one point at a
 time, these functions on batches. Math: docs/conventions.md §6, i.e. EPro-PnP's

@@ -1,7 +1,7 @@
-"""EPro-PnP's Monte Carlo pose loss for VPOG (docs/conventions.md §6): proposal distributions, the AMIS sampler
-and the loss module with derivative regularisation. The solver and the cost are the ops
-`vpog.ops.pnp_solve` and `vpog.ops.pnp_cost`; the AMIS sampler is the third op (`vpog.pnp.amis`); all
-three take their reference math from `vpog.ops.pnp_math` (the twin of `csrc/pnp_math.h`).
+"""EPro-PnP's Monte Carlo pose loss for VPOG (docs/conventions.md §6): the loss module with derivative
+regularisation. Its three ops sit side by side in `vpog.ops`: the solver `pnp_solve`, the cost `pnp_cost` and the
+AMIS sampler `pnp_amis` (proposal distributions in `pnp_distributions`), all three on the reference math of
+`vpog.ops.pnp_math` (the twin of `csrc/pnp_math.h`).
 """
 
 from vpog.pnp.loss import MonteCarloPoseLoss, PoseLossConfig, PoseLossOutput

@@ -7,7 +7,7 @@ For each of B problems (correspondences x3d, x2d, weights w2d, camera K, ground 
 
 The first term pulls the cost of the true pose down, the second pushes the costs of the sampled
 poses up: a Monte Carlo estimate (up to the constant log(R S)) of the KL divergence between the
-target and the predicted pose distribution exp(-C) / Z. Samples come from `vpog.pnp.amis` around
+target and the predicted pose distribution exp(-C) / Z. Samples come from `vpog.ops.pnp_amis` around
 the solution of `vpog.ops.pnp_solve` started from y_gt and from the random-sample init, whichever
 is cheaper (EPro-PnP's `force_init_solve`). Gradients reach x3d, x2d and w2d (through C and the
 adaptive Huber threshold delta) and nothing else.
@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from vpog._backend import select_backend
+from vpog.ops.pnp_amis import ACG_DISPERSION, ACG_MLE_ITER, AMIS_EPS, amis
 from vpog.ops.pnp_cost import pnp_cost, pnp_cost_from_values, pnp_cost_reference
+from vpog.ops.pnp_distributions import draw_amis_noise
 from vpog.ops.pnp_math import (
     MIN_VALID_POINTS,
     RELATIVE_DELTA,
@@ -52,8 +54,6 @@ from vpog.ops.pnp_math import (
     pose_add,
 )
 from vpog.ops.pnp_solve import pnp_solve
-from vpog.pnp.amis import ACG_DISPERSION, ACG_MLE_ITER, AMIS_EPS, amis
-from vpog.pnp.distributions import draw_amis_noise
 
 log = logging.getLogger(__name__)
 

@@ -85,12 +85,12 @@ def assert_same_solution(out, ref, tol: tuple[float, float, float]) -> None:
 
 def random_amis_inputs(B: int, N: int, dtype=torch.float64, device="cpu", rounds: int = 4, samples: int = 32,
                        seed: int = 0) -> tuple:
-    """Positional arguments of `vpog.pnp.amis.amis` up to `noise` for B random problems (noise 2 px):
+    """Positional arguments of `vpog.ops.pnp_amis.amis` up to `noise` for B random problems (noise 2 px):
     (x3d, x2d, w2d, K, delta, pose_opt, jtj, noise), pose_opt and jtj from a 10-iteration reference
     solve started at the true pose, AMIS noise for `rounds` x `samples`. All on `device`."""
+    from vpog.ops.pnp_distributions import draw_amis_noise
     from vpog.ops.pnp_math import adaptive_huber_delta
     from vpog.ops.pnp_solve import pnp_solve
-    from vpog.pnp.distributions import draw_amis_noise
 
     g = torch.Generator().manual_seed(seed)
     p = random_pnp_problems(B, N, noise=2.0, dtype=dtype, generator=g)

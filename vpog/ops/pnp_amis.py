@@ -32,8 +32,7 @@ from typing import NamedTuple
 import torch
 
 from vpog._backend import extension_op_exists, register_op, select_backend
-from vpog.ops.pnp_math import problem_cost, quaternion_tangent
-from vpog.pnp.distributions import (
+from vpog.ops.pnp_distributions import (
     AMISNoise,
     acg_log_prob,
     acg_sample,
@@ -41,6 +40,7 @@ from vpog.pnp.distributions import (
     student_t_log_prob,
     student_t_sample,
 )
+from vpog.ops.pnp_math import problem_cost, quaternion_tangent
 
 ACG_MLE_ITER = 3
 ACG_DISPERSION = 1e-3
