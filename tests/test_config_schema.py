@@ -90,3 +90,22 @@ def test_every_preset_composes_a_complete_schedule(preset):
         assert OmegaConf.select(cfg, key) is not None, f"preset={preset} leaves {key} unset"
     c = TrainerConfig.from_config(cfg)
     assert c.optim.max_steps == cfg.optim.max_steps and c.log.val_batches == cfg.log.val_batches
+
+
+def test_plain_configs_never_import_omegaconf():
+    """The GPU image and the data loader's workers may lack omegaconf: plain dicts must not need it."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["omegaconf"] = None
+from dataclasses import dataclass
+from vpog.config_schema import from_mapping
+@dataclass
+class C:
+    a: int = 1
+assert from_mapping(C, {"a": 2}, "c") == C(a=2)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -24,11 +25,10 @@ class ConfigKeyError(ValueError):
 
 def to_plain(node: Any) -> Any:
     """An omegaconf DictConfig / ListConfig as plain dicts and lists (interpolations resolved); anything
-    else is returned unchanged."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
+    else is returned unchanged. Plain configs never import omegaconf (the data loader runs without it)."""
+    omegaconf = sys.modules.get("omegaconf")  # a DictConfig can only exist once omegaconf is imported
+    if omegaconf is not None and isinstance(node, (omegaconf.DictConfig, omegaconf.ListConfig)):
+        return omegaconf.OmegaConf.to_container(node, resolve=True)
     return node
 
 
