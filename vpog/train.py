@@ -1,13 +1,19 @@
-"""`python -m vpog.train [key=value ...]`: train VPOG (one process), or under `torchrun` on several.
+"""`python -m vpog.train [key=value ...]`: train VPOG (one process), or several ranks under `torchrun`.
 
     python -m vpog.train                                      # tiny model, built-in synthetic set, CPU ok
+    python -m vpog.train machine.num_gpus=4                   # 4 ranks on this machine (torchrun's launcher)
     torchrun --nproc-per-node=8 -m vpog.train preset=full     # ViT-B on 8 GPUs, full schedule
-    sbatch scripts/slurm/train_multi_node.sbatch             # several nodes, requeued before the time limit
+    sbatch scripts/slurm/train_multi_node.sbatch              # several nodes, requeued before the time limit
+    python -m vpog.check preset=full                          # the pre-flight check before a long run
     python -m vpog.train --help                               # config groups and the composed config
 
 A run lives in `<output_dir>/<run_name>/` (config.yaml, checkpoints/, metrics.jsonl, tensorboard/);
-starting the same command again resumes from its newest valid checkpoint. Exit codes: 0 finished or
-stopped by a signal (checkpoint saved), 1 an error, 2 a bad command line, 130 a second
+starting the same command again resumes from its newest valid checkpoint. `machine.num_gpus=N` (or
+`auto`) starts N ranks through `torch.distributed.run`, as `torchrun --nproc-per-node=N` would; under
+torchrun or srun the key is ignored (see `vpog/launch.py`). Before anything is built, the machine
+settings are checked against the job and the CroCo weights `model.encoder.checkpoint` names must exist.
+Exit codes: 0 finished or stopped by a signal (checkpoint saved), 1 an error (with machine.num_gpus:
+a rank failed), 2 a bad command line, bad machine settings or missing CroCo weights, 130 a second
 Ctrl-C. The shutdown order is written down in `vpog/training/trainer.py`.
 
 References: pytorch/torchtitan `torchtitan/train.py` (a thin entry point: logging, config, trainer,
@@ -26,8 +32,9 @@ log = logging.getLogger("vpog.train")
 
 DESCRIPTION = (
     "Train VPOG. Overrides are key=value (e.g. optim.lr=3e-4) or group=option (machine=slurm, "
-    "model=vpog_vitb, data=synthetic). With no data configured it trains on the built-in synthetic "
-    "set, created under data_cache/ on first use."
+    "model=vpog_vitb, data=synthetic). The default preset=demo trains the tiny model on the built-in "
+    "synthetic set, created under data_cache/ on first use; preset=full (machine=slurm selects it) trains "
+    "ViT-B from the CroCo v2 weights on data=gso_shapenet. machine.num_gpus=N starts N ranks here."
 )
 
 
@@ -36,7 +43,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vpog.training.logger import init_logger
 
     init_logger()
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_cli("train", argv, description=DESCRIPTION)
+
+    from vpog.config_schema import from_mapping
+    from vpog.launch import launch_local, plan
+    from vpog.model.croco_checkpoint import croco_checkpoint_problem
+    from vpog.training.distributed import MachineConfig, read_dist_env
+    from vpog.training.task import TASKS
+
+    is_main = True
+    try:
+        is_main = read_dist_env().rank == 0
+        launch = plan(from_mapping(MachineConfig, cfg.get("machine"), "machine"), overrides=argv)
+    except ValueError as exc:  # LaunchError and bad machine values: one line, the same on every rank
+        if is_main:
+            log.error("%s", exc)
+        return 2
+    if launch.note and is_main:
+        log.info("%s", launch.note)
+    uses_vpog = TASKS.get(str(cfg.get("task", "vpog")), str(cfg.get("task"))) == TASKS["vpog"]
+    problem = croco_checkpoint_problem(cfg.get("model")) if uses_vpog else None  # other tasks build no VPOG
+    if problem:
+        if is_main:
+            log.error("%s", problem)
+        return 2
+    if launch.processes > 1:
+        return launch_local(launch.processes, argv)
 
     from vpog.training.trainer import Trainer
 

@@ -14,6 +14,10 @@ image [H, W, 3] that `save_png` writes and TensorBoard's `add_image(..., datafor
   `template_visibility_map` gives the template pixels that the labels see in the query.
 - `draw_correspondences`: query and template side by side with lines between matched points;
   `label_correspondences` picks such pairs from the labels (buddy centres and dense pixels).
+- `labelled_flow_image`: `dense_flow_image` with unseen query patches grey and ignored ones dark;
+  `flow_colour_key` is the colour wheel of `flow_to_hsv` (the key to those pictures).
+- `frame_image`, `caption_image`: a coloured frame and lines of text above an image (for the data
+  debug pictures of `vpog.data.debug_pictures`).
 """
 
 from __future__ import annotations
@@ -129,6 +133,62 @@ def dense_flow_image(dense_flow, dense_visible, max_magnitude: float | None = 1.
     default `max_magnitude` of one patch saturates where a pixel lands a patch from the centre.
     """
     return flow_to_hsv(patch_tiles_to_image(dense_flow), patch_tiles_to_image(dense_visible), max_magnitude)
+
+
+UNSEEN_GREY = 0.6
+"""Grey level of query patches whose point no template pixel sees (patch_cls = NP) in `labelled_flow_image`."""
+IGNORED_GREY = 0.2
+"""Grey level of query patches without object depth at their anchor (patch_cls = -1)."""
+
+
+def labelled_flow_image(patch_cls, dense_flow, dense_visible, max_magnitude: float | None = 1.0) -> np.ndarray:
+    """One pair's labels as uint8 RGB [16 GH, 16 GW, 3]: `dense_flow_image` (HSV flow, black where the
+    buddy pixel is not visible in the query) with unseen query patches (patch_cls = GH GW) filled grey
+    (`UNSEEN_GREY`) and ignored ones (-1) dark grey (`IGNORED_GREY`)."""
+    c = _np(patch_cls).astype(np.int64)
+    if c.ndim != 2:
+        raise ValueError(f"patch_cls must have shape [GH, GW], got {c.shape}")
+    GH, GW = c.shape
+    img = dense_flow_image(dense_flow, dense_visible, max_magnitude).astype(np.float32) / 255.0
+    fill = np.where(c == GH * GW, UNSEEN_GREY, np.where(c < 0, IGNORED_GREY, np.nan))
+    fill = np.repeat(np.repeat(fill, PATCH, 0), PATCH, 1)[..., None]
+    return to_uint8_image(np.where(np.isnan(fill), img, fill))
+
+
+def flow_colour_key(size: int = 224, max_magnitude: float = 1.0) -> np.ndarray:
+    """The colours of `flow_to_hsv` on a disc: the flow (u, v) from the centre, `max_magnitude` at the
+    rim (white centre = no motion; +u right red). uint8 RGB [size, size, 3], white outside the disc."""
+    r = (size - 1) / 2
+    v, u = np.mgrid[0:size, 0:size].astype(np.float32)
+    flow = np.stack([(u - r) / r, (v - r) / r], -1) * max_magnitude
+    inside = (flow ** 2).sum(-1) <= max_magnitude ** 2
+    img = flow_to_hsv(flow, inside, max_magnitude)
+    img[~inside] = 255
+    return img
+
+
+def frame_image(image, color, width: int = 4) -> np.ndarray:
+    """`image` (anything `to_uint8_image` takes) with a `width`-pixel frame of `color` (RGB 0..255) drawn
+    over its border. -> uint8 [H, W, 3]."""
+    img = to_uint8_image(image).copy()
+    c = np.asarray(color, np.uint8)
+    img[:width], img[-width:], img[:, :width], img[:, -width:] = c, c, c, c
+    return img
+
+
+def caption_image(image, lines, color=(0, 0, 0), background=(255, 255, 255), line_height: int = 14) -> np.ndarray:
+    """Lines of text (Pillow's default font) in a band above `image`. -> uint8 [H + band, W, 3]."""
+    from PIL import Image, ImageDraw
+
+    img = to_uint8_image(image)
+    lines = [lines] if isinstance(lines, str) else list(lines)
+    band = np.empty((line_height * len(lines) + 4, img.shape[1], 3), np.uint8)
+    band[:] = np.asarray(background, np.uint8)
+    canvas = Image.fromarray(band)
+    draw = ImageDraw.Draw(canvas)
+    for k, text in enumerate(lines):
+        draw.text((3, 2 + k * line_height), str(text), fill=tuple(int(x) for x in color))
+    return np.concatenate([np.asarray(canvas), img], axis=0)
 
 
 def patch_cls_image(patch_cls, num_patches: int | None = None) -> np.ndarray:

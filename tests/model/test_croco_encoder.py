@@ -114,3 +114,65 @@ def test_encoder_rejects_bad_images():
     enc = CroCoEncoder(EncoderConfig(embed_dim=DIM, depth=1, num_heads=HEADS))
     with pytest.raises(ValueError, match="images"):
         enc(torch.zeros(1, 3, 112, 112))
+
+
+# -- strict means strict ----------------------------------------------------------------------------
+
+
+def test_strict_rejects_a_deeper_checkpoint_naming_its_extra_blocks(tmp_path, croco_state, caplog):
+    g = torch.Generator().manual_seed(2)
+    deeper = dict(croco_state)
+    deeper.update({k: v.float() for k, v in random_state(croco_encoder_keys(DEPTH + 1, DIM), g).items()
+                   if k.startswith(f"enc_blocks.{DEPTH}.")})
+    declared = _write(tmp_path / "declared.pth", deeper, dict(_kwargs(), enc_depth=DEPTH + 1))
+    plain = _write(tmp_path / "plain.pth", deeper, wrap=None)  # no croco_kwargs: the keys tell
+    enc = CroCoEncoder(EncoderConfig(embed_dim=DIM, depth=DEPTH, num_heads=HEADS))
+    with pytest.raises(ValueError, match=rf"enc_depth=3 \(encoder.depth={DEPTH}\)"):
+        load_croco_encoder(enc, declared)
+    with pytest.raises(ValueError, match=rf"enc_blocks\.{DEPTH}\.attn\.qkv\.weight"):
+        load_croco_encoder(enc, plain)
+    with caplog.at_level(logging.WARNING, logger="vpog.model.croco_checkpoint"):
+        report = load_croco_encoder(enc, declared, strict=False)  # on purpose: the first blocks
+    assert len(report.unexpected) == 12 and "declares another encoder" in caplog.text
+    torch.testing.assert_close(enc.enc_blocks[1].mlp.fc2.weight, croco_state["enc_blocks.1.mlp.fc2.weight"])
+
+
+def test_strict_compares_heads_with_croco_kwargs(tmp_path, croco_state):
+    # the same tensors computed with 4 heads are another function: shapes alone cannot tell
+    enc = CroCoEncoder(EncoderConfig(embed_dim=DIM, depth=DEPTH, num_heads=4))
+    with pytest.raises(ValueError, match=r"enc_num_heads=2 \(encoder.num_heads=4\)"):
+        load_croco_encoder(enc, _write(tmp_path / "a.pth", croco_state, _kwargs()))
+    # keys croco_kwargs leaves out are CroCoNet's defaults (12 heads), not "anything goes"
+    only_pos = _write(tmp_path / "b.pth", croco_state, {"pos_embed": "RoPE100"})
+    with pytest.raises(ValueError, match=r"enc_embed_dim=768 \(encoder.embed_dim=64\).*enc_num_heads=12"):
+        load_croco_encoder(CroCoEncoder(EncoderConfig(embed_dim=DIM, depth=DEPTH, num_heads=HEADS)), only_pos)
+    # an old file's args.model constructor call is read too
+    import argparse
+
+    old = {"model": {k: v.float() for k, v in croco_state.items()},
+           "args": argparse.Namespace(model=f"CroCoNet(enc_embed_dim={DIM}, enc_depth={DEPTH}, enc_num_heads=2, "
+                                            f"pos_embed='RoPE100')")}
+    torch.save(old, tmp_path / "c.pth")
+    with pytest.raises(ValueError, match=r"enc_num_heads=2 \(encoder.num_heads=4\)"):
+        load_croco_encoder(enc, tmp_path / "c.pth")
+    report = load_croco_encoder(CroCoEncoder(EncoderConfig(embed_dim=DIM, depth=DEPTH, num_heads=HEADS)),
+                                tmp_path / "c.pth")
+    assert not report.missing and not report.unexpected
+    assert load_croco_encoder(enc, tmp_path / "a.pth", strict=False).loaded  # non-strict: warns, loads
+
+
+def test_missing_file_says_where_the_weights_are(tmp_path):
+    from vpog.model.croco_checkpoint import CheckpointNotFoundError, croco_checkpoint_problem
+
+    enc = CroCoEncoder(EncoderConfig(embed_dim=DIM, depth=DEPTH, num_heads=HEADS))
+    path = tmp_path / "CroCo_V2_ViTBase_BaseDecoder.pth"
+    with pytest.raises(CheckpointNotFoundError) as err:
+        load_croco_encoder(enc, path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    assert "https://download.europe.naverlabs.com/ComputerVision/CroCo/" in message
+    assert "model.encoder.checkpoint=null" in message
+    assert croco_checkpoint_problem({"encoder": {"checkpoint": str(path)}}) == message
+    assert croco_checkpoint_problem({"encoder": {"checkpoint": None}}) is None
+    path.write_bytes(b"")
+    assert croco_checkpoint_problem({"encoder": {"checkpoint": str(path)}}) is None

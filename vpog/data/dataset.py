@@ -45,6 +45,7 @@ from vpog.geometry import CROP_SIZE
 from .augment import AugmentConfig, augment_rgb
 from .batch import collate_vpog
 from .crop import box_from_mask, box_from_xywh, crop_matrix, jitter_box, warp_crop
+from .debug_pictures import VisualizationConfig
 from .rle import rle_to_mask
 from .shards import ShardReadError
 from .sources import TrainingSource, object_id_list
@@ -121,6 +122,8 @@ class DataConfig:
     train_datasets: list[TrainSetConfig] = field(default_factory=list)
     synthesize: dict | None = None
     """settings of vpog.data.synthesize for sets made on first use (None for real sets)."""
+    visualization: VisualizationConfig = field(default_factory=VisualizationConfig)
+    """data debug pictures written during training (vpog.data.debug_pictures; the original VPOG keys)."""
 
     def __post_init__(self):
         if self.num_positive_templates < 1 or self.num_negative_templates < 0:

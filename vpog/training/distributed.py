@@ -3,7 +3,8 @@
 Where a rank learns who it is, in order:
 
 1. torchrun's variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
-   `MASTER_PORT`, set by `torchrun` on every worker; `srun torchrun` on SLURM lands here too);
+   `MASTER_PORT`, set by `torchrun` on every worker; `srun torchrun` on SLURM lands here too, and so do
+   the ranks `python -m vpog.train machine.num_gpus=N` starts through torchrun's launcher, `vpog/launch.py`);
 2. SLURM's, only as a fallback, when `srun python -m vpog.train` starts one task per GPU
    (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`, `SLURM_LOCALID`, the first host of `SLURM_STEP_NODELIST`
    as the rendezvous address). `SLURM_STEP_NUM_TASKS` exists only inside an `srun` step, so a
@@ -57,8 +58,30 @@ class MachineConfig:
     """Recompute the encoder's and group blocks' activations in the backward pass (less memory)."""
     requeue_on_signal: bool = False
     """On SLURM (SLURM_JOB_ID set): after a SIGUSR1 stop (pre-timeout signal), `scontrol requeue` the job."""
+    num_gpus: int | str = 1
+    """Ranks `python -m vpog.train` starts on this machine through PyTorch's elastic launcher, exactly as
+    `torchrun --nproc-per-node=N -m vpog.train` would (see `vpog.launch`): an integer >= 1, or "auto" for
+    every visible GPU (one process without a GPU). One rank per GPU where the ranks run on CUDA; with
+    `device: cpu`, or no GPU and `device: auto`, N CPU ranks with gloo. Ignored, with one log line, in a
+    process that torchrun or srun started."""
+    gpus: int | None = None
+    """SLURM, the original VPOG code's spelling: GPUs (ranks) per node. The sbatch wrappers give it to
+    torchrun as --nproc-per-node; null: what the job was given. Outside a SLURM job a value stops the run
+    with the sbatch command to use."""
+    nodes: int | None = None
+    """SLURM: nodes of the job (more than 1: scripts/slurm/train_multi_node.sbatch); null: what the job
+    was given. Checked against the job like `gpus`."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.num_gpus, str) and self.num_gpus.strip().isdigit():
+            self.num_gpus = int(self.num_gpus)
+        if isinstance(self.num_gpus, bool) or not (self.num_gpus == "auto" or (
+                isinstance(self.num_gpus, int) and self.num_gpus >= 1)):
+            raise ValueError(f"machine.num_gpus must be an integer >= 1 or 'auto', got {self.num_gpus!r}")
+        for key in ("gpus", "nodes"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"machine.{key} must be an integer >= 1 or null, got {value!r}")
         if self.device not in DEVICES:
             raise ValueError(f"machine.device must be one of {DEVICES}, got '{self.device}'")
         if self.precision not in PRECISIONS:

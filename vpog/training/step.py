@@ -18,6 +18,9 @@ Validation (every `log.val_every_steps`): the losses on held-out objects, plus, 
 `val.pose_metrics`, pose metrics through the evaluation pipeline (`vpog.evaluation.runner.PoseValidator`:
 rotation / translation error, ADD(-S), BOP MSSD / MSPD recalls, template retrieval).
 
+Data debug pictures (`data.visualization`, `vpog.data.debug_pictures`): with `enabled: true`, rank 0
+writes one PNG per sample of every `save_frequency`-th step's batch, from the CPU batch, before step 1.
+
 References: shahaf-arica/vpog_dev `training/` (the VPOG training step this follows), nv-nguyen/gigapose
 `src/models/` (GigaPose's training step).
 """
@@ -96,6 +99,7 @@ class VPOGTask(TrainTask):
         self._split: tuple[list[int], list[int]] | None = None
         self._validator = None
         self._checked_poses = False
+        self._pictures = None  # data.visualization's DebugPictureWriter, built on the first step
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -233,7 +237,21 @@ class VPOGTask(TrainTask):
         parts = vpog_loss(out, labels, self.weights, pose_loss, pose_targets, check_buddies=False)
         return out, labels, parts, (valid[0].float().mean() if valid else None)
 
+    def write_debug_pictures(self, batch, ctx: StepContext) -> None:
+        """`data.visualization`: the pictures of this (CPU) batch when its step is due (vpog.data.debug_pictures)."""
+        if self._pictures is None:
+            from pathlib import Path
+
+            from vpog.data.debug_pictures import DebugPictureWriter
+
+            run_dir = Path(str(self.cfg.get("output_dir", "outputs"))) / str(self.cfg.get("run_name", "vpog"))
+            self._pictures = DebugPictureWriter(self.data_cfg.visualization, run_dir / "data_pictures",
+                                                self.labels_cfg.tau_factor)
+        self._pictures.maybe_write(batch, ctx.step, ctx.rank)
+
     def train_step(self, model: nn.Module, batch, ctx: StepContext) -> StepOutput:
+        if ctx.training:
+            self.write_debug_pictures(batch, ctx)
         batch = batch.to(ctx.device, non_blocking=True)
         out, labels, parts, pnp_valid = self.forward(model, batch, ctx, with_pose_loss=True)
         terms = {("loss_" + k if k in ("cls", "flow_nll", "flow_invisible", "pnp", "reg") else k): v
