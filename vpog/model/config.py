@@ -61,7 +61,9 @@ class EncoderConfig:
     checkpoint: str | None = None
     """Path of a CroCo checkpoint (official `CroCo_V2_ViT*` .pth layout) to load; None trains from scratch."""
     checkpoint_strict: bool = True
-    """Raise when the checkpoint lacks an encoder weight; False only logs the missing keys."""
+    """True: the file must declare exactly this encoder (width, depth, heads in its `croco_kwargs`), hold every
+    encoder weight and nothing but encoder and CroCo decoder entries, else an error names what differs; False:
+    log the differences and load what fits."""
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     """Per-channel mean of the input normalisation (ImageNet, as CroCo's pretraining), applied by
     `VPOG.forward` to RGB in [0, 1]."""
