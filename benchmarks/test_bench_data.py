@@ -54,11 +54,17 @@ def bench_set(tmp_path_factory):
 
 
 @pytest.mark.parametrize("size", [(640, 480), (224, 224)], ids=["640x480", "224x224"])
-@pytest.mark.parametrize("write", [False, True], ids=["render", "render+png"])
+@pytest.mark.parametrize("write", ["none", "old", "new"], ids=["render", "render+png-old", "render+png"])
 def test_bench_template_views(benchmark, run_bench, renderer, tmp_path, size, write):
+    """16 views of one procedural object: render only; + the old writer (Pillow, synchronous: the reference);
+    + the current one (`template_render.write_object_templates`, encoding and writing in a background thread).
+    Side by side over many objects, processes and the issue-14 targets: benchmarks/template_throughput.py."""
+    from template_throughput import old_save_view
+
     from vpog.data.procedural import procedural_object
     from vpog.data.render import render_object_views, to_pyrender_mesh
-    from vpog.data.templates import fit_distance, object_template_poses, save_view, scaled_K
+    from vpog.data.template_render import ViewWriter, write_object_templates
+    from vpog.data.templates import fit_distance, object_template_poses, scaled_K
 
     w, h = size
     obj = procedural_object(1, 0)
@@ -66,14 +72,55 @@ def test_bench_template_views(benchmark, run_bench, renderer, tmp_path, size, wr
     poses = object_template_poses(1, fit_distance(obj.radius, K, w, h))[:16]
     poses[:, :3, 3] /= 1000.0
     mesh = to_pyrender_mesh(obj.parts)
+    writer = ViewWriter(1)
+    views_of = {"none": 16, "old": 16, "new": 42}
 
     def views():
+        if write == "new":  # level 0 (42 views): the writer's API renders a whole view set
+            write_object_templates(renderer, obj, tmp_path, "bench", 0, w, h, writer=writer)
+            return
         for i, (rgb, depth) in enumerate(render_object_views(renderer, mesh, obj.radius, poses, K, w, h)):
-            if write:
-                save_view(tmp_path, i, rgb, depth)
+            if write == "old":
+                old_save_view(tmp_path, i, rgb, depth)
 
-    benchmark.group = f"template views {w}x{h}"
-    run_bench(benchmark, views, backend="pyrender-egl", op="template_views", items=len(poses), unit="views")
+    benchmark.group = f"template views {w}x{h}, per view"
+    try:
+        backend = {"none": "render-only", "old": "reference", "new": "threaded-writer"}[write]
+        run_bench(benchmark, views, backend=backend, op="template_views", items=views_of[write], unit="views")
+    finally:
+        writer.close()
+
+
+def test_template_throughput_script_runs(renderer, tmp_path, monkeypatch):
+    """The side-by-side results writer (benchmarks/template_throughput.py) stays runnable: one tiny measured
+    configuration in 2 spawned processes, the write costs, the encoder table, the Markdown entry and its
+    place in RESULTS.md (a copy)."""
+    import template_throughput as tt
+
+    cfg = {"objects": 1, "level": 0, "views": None, "size": (48, 36)}
+    two = tt.measure_config("new", 2, cfg)
+    assert two["views"] == 2 * 42 and two["views_per_s"] > 0
+    frames = tt._frames(cfg, count=4, renderer=renderer)
+    costs, encoders = tt.write_costs(frames), tt.encoder_table(frames)
+    assert costs["new"] > 0 and any("vpog now" in e["encoder"] for e in encoders)
+    fake = {"renderx1": 10.0, "oldx1": 5.0, "newx1": 9.0, "renderx2": 19.0, "newx2": 17.0}
+    result = {"config": cfg, "repeats": 1, "gl_renderer": "test", "write_ms_per_view": costs, "encoders": encoders,
+              "summary": {k: {"views_per_s": v, "cpu_ms_per_view": 1.0, "overhead_s_per_object": 0.01}
+                          for k, v in fake.items()},
+              "targets": {"new_vs_render_1proc": 0.9, "new_2proc_vs_1proc": 17 / 9, "render_2proc_vs_1proc": 1.9},
+              "projection": {"render_rate": 274.0, "render_rate_source": "assumed", "write_ms": 2.0,
+                             "overhead_s_per_object": 0.05, "rows": tt.projection(274.0, 2.0, 0.05)}}
+    entry = tt.markdown(result, tt._machine(), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    assert "**0.90** (>= 0.80: met)" in entry and "ShapeNet (50,000 objects)" in entry
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## A\n\ntext\n\n" + tt.SECTION + "\n\nold entry\n\n## B\n\nlast\n")
+    monkeypatch.setattr(tt, "RESULTS", results)
+    tt.add_to_results(entry)
+    text = results.read_text()
+    assert text.index("old entry") < text.index(entry) < text.index("## B") and text.endswith("last\n")
+    # 8 GPUs x 1 process at min(274, 1000 / 2) views/s: ShapeNet level 1 = 50k x (162 / 274 + 0.05) s / 8
+    row = next(r for r in tt.projection(274.0, 2.0, 0.05) if r["set"] == "ShapeNet" and r["level"] == 1)
+    assert abs(row["hours"] - 50_000 * (162 / 274 + 0.05) / 8 / 3600) < 1e-9
 
 
 def test_bench_scene_images(benchmark, run_bench, renderer):

@@ -66,9 +66,43 @@ def test_templates_are_gigapose_layout_in_millimetres_and_resume(bop_set):
     assert rc == 0  # every object complete: nothing rendered again
     assert sorted((templates / "tiny").rglob("*.png")) == files
     assert [p.stat().st_mtime_ns for p in files] == stamps
+    assert templates_main([f"dataset={root}", f"out={templates}", "template_level=0", "template_size=[96,72]",
+                           "progress=false", "verify=true"]) == 0
+    assert [p.name for p in (templates / "tiny").iterdir() if ".tmp" in p.name or p.name.startswith(".")] == []
     rc = templates_main([f"dataset={root}", f"out={templates}", "template_level=1", "template_size=[96,72]",
                          "progress=false"])
     assert rc == 2  # other settings into the same set are refused
+
+
+def test_templates_sharded_verified_and_a_bad_model_skipped(bop_set, tmp_path, caplog):
+    """shard=i/n splits the objects (round-robin by id); a model that cannot be read is skipped with its reason
+    (exit code 1, the other objects rendered); verify=true finds what is missing or corrupt, and the next run
+    renders exactly that again."""
+    from vpog.bop.templates import main as templates_main
+    from vpog.data.templates import TemplateSet
+
+    root, _ = bop_set
+    data = tmp_path / "tiny"
+    shutil.copytree(root, data)
+    (data / "models" / "obj_000005.ply").write_text("ply\nformat ascii 1.0\nthis is no model\n")
+    out = tmp_path / "templates"
+    common = [f"dataset={data}", f"out={out}", "template_level=0", "template_size=[48,36]", "progress=false",
+              "num_workers=0"]
+    assert templates_main(common + ["shard=1/2"]) == 1  # object 5 alone: unreadable
+    assert "object 5: unreadable" in caplog.text and TemplateSet(out, "tiny").objects() == []
+    assert templates_main(common + ["shard=0/2"]) == 0  # object 1
+    assert TemplateSet(out, "tiny").objects() == [1]
+    assert templates_main(common + ["verify=true"]) == 1
+    report = json.loads((out / "tiny" / "verify-0-of-1.json").read_text())
+    assert (report["ok"], report["missing"], report["corrupt"]) == (1, [5], {})
+    view = out / "tiny" / "000001" / "000011_depth.png"
+    view.write_bytes(view.read_bytes()[:-20])
+    kept = (out / "tiny" / "000001" / "000002.png").stat().st_mtime_ns
+    assert templates_main(common + ["verify=true", "shard=0/2"]) == 1
+    assert "000011_depth.png" in json.loads((out / "tiny" / "verify-0-of-2.json").read_text())["corrupt"]["1"]
+    assert templates_main(common + ["shard=0/2"]) == 0  # renders object 1 again
+    assert (out / "tiny" / "000001" / "000002.png").stat().st_mtime_ns != kept
+    assert templates_main(common + ["verify=true", "shard=0/2"]) == 0
 
 
 def test_predict_writes_the_bop19_csv_and_continues_where_it_stopped(bop_set, tmp_path):

@@ -146,9 +146,20 @@ def toolkit_bbox(mask, offset=0) -> list[int]:
 
 
 def digest(root, exclude=()) -> dict[str, str]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and ".vpog" not in str(p) and p.name != "synthesis.json")
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files
-            if not str(p.relative_to(root)).startswith(tuple(exclude))}
+    """sha1 of every file; of the decoded pixels for template PNGs (their bytes may differ between runs, their
+    pixels may not: see test_synthesize._digest), without the templates' markers (they hold those bytes' CRCs)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and ".vpog" not in str(p) and p.name != "synthesis.json"
+                   and p.name != ".done.json")
+    out = {}
+    for p in files:
+        rel = str(p.relative_to(root))
+        if rel.startswith(tuple(exclude)):
+            continue
+        if rel.startswith("templates/") and p.suffix == ".png":
+            out[rel] = hashlib.sha1(read_png(p).tobytes()).hexdigest()
+        else:
+            out[rel] = hashlib.sha1(p.read_bytes()).hexdigest()
+    return out
 
 
 BOP_ONLY = ("test/", "test_targets_bop19.json", "camera.json")

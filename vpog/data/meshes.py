@@ -6,6 +6,9 @@ follows MegaPose-GSO: centre on the bounding box, scale so the largest extent is
 (0.2 m). Without normalisation the file's units are used: metres, or millimetres when the diameter is
 over 10 units (GigaPose's rule), or as told.
 
+A mesh that cannot be rendered raises `BadMeshError` with a `kind` (unreadable, empty, non-finite,
+degenerate, huge-texture); synthesis skips such objects, logs the reason and counts them.
+
 Needs trimesh (the `render` extra); the loader never imports this module.
 """
 
@@ -21,6 +24,18 @@ logger = logging.getLogger(__name__)
 
 MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")
 DEFAULT_COLOR = np.array([160, 160, 160, 255], dtype=np.uint8)
+MAX_TEXTURE_PIXELS = 8192 * 8192  # a larger texture is skipped (GPU memory; Mesa's limit is 16384 a side)
+BAD_MESH_KINDS = ("unreadable", "empty", "non-finite", "degenerate", "huge-texture")
+
+
+class BadMeshError(ValueError):
+    """A mesh that cannot be rendered; `kind` is one of BAD_MESH_KINDS, the message says why."""
+
+    def __init__(self, kind: str, message: str):
+        if kind not in BAD_MESH_KINDS:
+            raise ValueError(f"kind must be one of {BAD_MESH_KINDS}, got {kind!r}")
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -104,7 +119,9 @@ def mesh_diameter(vertices: np.ndarray) -> float:
 
 
 def load_mesh_parts(path: str | Path) -> list:
-    """Trimesh parts of a mesh file (scenes flattened with their transforms, visuals kept)."""
+    """Trimesh parts of a mesh file (scenes flattened with their transforms, visuals kept).
+
+    BadMeshError: the file cannot be read ("unreadable") or holds no triangles ("empty")."""
     import trimesh
 
     path = Path(path)
@@ -112,17 +129,61 @@ def load_mesh_parts(path: str | Path) -> list:
         raise ValueError(f"path {path} is not a mesh file; supported: {', '.join(MESH_SUFFIXES)}")
     try:
         loaded = trimesh.load(str(path), force="scene")
-    except Exception as exc:
-        raise ValueError(f"cannot load mesh {path}: {exc}") from None
-    parts = [g for g in loaded.dump(concatenate=False) if isinstance(g, trimesh.Trimesh) and len(g.faces) > 0]
+        parts = [g for g in loaded.dump(concatenate=False) if isinstance(g, trimesh.Trimesh) and len(g.faces) > 0]
+    except Exception as exc:  # any parser error of any format (trimesh raises many kinds)
+        raise BadMeshError("unreadable", f"cannot load mesh {path}: {type(exc).__name__}: {exc}") from None
     if not parts:
-        raise ValueError(f"mesh {path} holds no triangles")
+        raise BadMeshError("empty", f"mesh {path} holds no triangles")
     for part in parts:
         if part.visual is None or (part.visual.kind is None and not isinstance(
                 part.visual, trimesh.visual.texture.TextureVisuals)):
             colors = np.tile(DEFAULT_COLOR, (len(part.vertices), 1))
             part.visual = trimesh.visual.ColorVisuals(part, vertex_colors=colors)
     return parts
+
+
+def _texture_pixels(part) -> int:
+    """Pixels of the largest texture image of a trimesh part (0 without one)."""
+    material = getattr(part.visual, "material", None)
+    if material is None:
+        return 0
+    best = 0
+    for attr in ("image", "baseColorTexture", "emissiveTexture", "normalTexture", "metallicRoughnessTexture"):
+        image = getattr(material, attr, None)
+        size = getattr(image, "size", None)
+        if isinstance(size, tuple) and len(size) == 2:
+            best = max(best, int(size[0]) * int(size[1]))
+    return best
+
+
+def check_parts(parts: list, source: str, max_texture_pixels: int = MAX_TEXTURE_PIXELS) -> None:
+    """BadMeshError unless `parts` can be rendered: finite vertices ("non-finite"), triangles of non-zero
+    total area spanning a non-zero extent ("degenerate"), textures of at most `max_texture_pixels`
+    ("huge-texture")."""
+    if not parts:
+        raise BadMeshError("empty", f"mesh {source} holds no triangles")
+    area, lo, hi = 0.0, np.full(3, np.inf), np.full(3, -np.inf)
+    for part in parts:
+        v = np.asarray(part.vertices, dtype=np.float64)
+        if not np.isfinite(v).all():
+            raise BadMeshError("non-finite", f"mesh {source} has {int((~np.isfinite(v)).any(axis=1).sum())} "
+                                             f"vertices with NaN or infinite coordinates")
+        f = np.asarray(part.faces)
+        if len(f) and (f.min() < 0 or f.max() >= len(v)):
+            raise BadMeshError("degenerate", f"mesh {source} has faces indexing missing vertices")
+        used = v[f.reshape(-1)] if len(f) else v[:0]
+        if len(used):
+            lo, hi = np.minimum(lo, used.min(axis=0)), np.maximum(hi, used.max(axis=0))
+            tri = used.reshape(-1, 3, 3)
+            area += 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
+        pixels = _texture_pixels(part)
+        if pixels > max_texture_pixels:
+            raise BadMeshError("huge-texture", f"mesh {source} has a texture of {pixels} pixels (limit "
+                                               f"{max_texture_pixels}, max_texture_pixels)")
+    extent = float((hi - lo).max()) if np.isfinite(lo).all() else 0.0
+    if extent <= 0 or area <= 1e-12 * extent * extent:
+        raise BadMeshError("degenerate", f"mesh {source} is degenerate (extent {extent:.3g}, triangle area "
+                                         f"{area:.3g}: its triangles cover no surface)")
 
 
 def normalise_parts(parts: list, max_extent: float | None = 0.2, units: str = "auto") -> list:
@@ -151,18 +212,24 @@ def normalise_parts(parts: list, max_extent: float | None = 0.2, units: str = "a
 
 
 def list_mesh_files(folder: str | Path) -> list[Path]:
-    """Mesh files directly in `folder` or one level down (GSO's `<name>/meshes/model.obj` too), sorted."""
+    """Mesh files in `folder` up to three levels down (GSO's `<name>/meshes/model.obj`, ShapeNetCore.v2's
+    `<synset>/<model>/models/model_normalized.obj`), sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"meshes folder {folder} does not exist")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES
-                   and len(p.relative_to(folder).parts) <= 3)
+                   and len(p.relative_to(folder).parts) <= 4)
     if not files:
         raise FileNotFoundError(f"meshes folder {folder} has no {'/'.join(MESH_SUFFIXES)} files")
     return files
 
 
-def load_object(path: str | Path, obj_id: int, max_extent: float | None = 0.2, units: str = "auto") -> ObjectModel:
-    """An ObjectModel from a mesh file, normalised as GSO unless `max_extent` is None."""
-    parts = normalise_parts(load_mesh_parts(path), max_extent=max_extent, units=units)
+def load_object(path: str | Path, obj_id: int, max_extent: float | None = 0.2, units: str = "auto",
+                max_texture_pixels: int = MAX_TEXTURE_PIXELS) -> ObjectModel:
+    """An ObjectModel from a mesh file, normalised as GSO unless `max_extent` is None.
+
+    BadMeshError (a ValueError) names what makes the mesh unusable (`check_parts`)."""
+    parts = load_mesh_parts(path)
+    check_parts(parts, str(path), max_texture_pixels)
+    parts = normalise_parts(parts, max_extent=max_extent, units=units)
     return ObjectModel(obj_id=obj_id, name=Path(path).name, parts=parts)

@@ -11,8 +11,9 @@ imported. Without a working EGL (Debian: `apt-get install libegl1 libgl1 libegl-
 NVIDIA driver's EGL) `RenderError` says so and how to fix it.
 
 Frames are single-sampled (no MSAA, see `Renderer.render`), so depth, masks and colour all sample pixel
-centres. Measured on a 2-core CPU (Mesa llvmpipe, one process): an unlit 640x480 template view renders in
-about 8 ms of CPU (15 ms wall on a busy machine), 224x224 in about 2.5 ms; see benchmarks/test_bench_data.py.
+centres. The framebuffer is read back by `_read_framebuffer` (pyrender's read, with the depth linearised
+on whole arrays: the same values for a fraction of the CPU time). Throughput: benchmarks/RESULTS.md
+("Template generation at scale"), benchmarks/test_bench_data.py, benchmarks/template_throughput.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ os.environ.setdefault("PYGLET_HEADLESS", "1")
 
 import logging  # noqa: E402
 import sys  # noqa: E402
+import types  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -64,15 +66,23 @@ def _import_pyrender():
     return pyrender
 
 
+_EGL_STATUS: list = []
+
+
 def egl_available() -> tuple[bool, str]:
-    """(True, "") when an offscreen EGL context can be made here, else (False, the reason)."""
-    try:
-        pyrender = _import_pyrender()
-        r = pyrender.OffscreenRenderer(8, 8)
-        r.delete()
-        return True, ""
-    except Exception as exc:
-        return False, f"headless OpenGL (EGL) unavailable: {type(exc).__name__}: {exc}"
+    """(True, "") when an offscreen EGL context can be made here, else (False, the reason).
+
+    Probed once per process: deleting a pyrender context terminates the EGL display that every context
+    of the process shares, so probing again while a `Renderer` is open would break it."""
+    if not _EGL_STATUS:
+        try:
+            pyrender = _import_pyrender()
+            r = pyrender.OffscreenRenderer(8, 8)
+            r.delete()
+            _EGL_STATUS.append((True, ""))
+        except Exception as exc:
+            _EGL_STATUS.append((False, f"headless OpenGL (EGL) unavailable: {type(exc).__name__}: {exc}"))
+    return _EGL_STATUS[0]
 
 
 def to_pyrender_mesh(parts: list, smooth: bool = False):
@@ -92,21 +102,76 @@ def make_camera(K: np.ndarray, znear: float = 0.01, zfar: float = 50.0):
                                      znear=znear, zfar=zfar)
 
 
-class Renderer:
-    """Offscreen renderers by image size, created on first use (one GL context per process)."""
+def linear_depth(window_z: np.ndarray, znear: float, zfar: float | None) -> np.ndarray:
+    """Metric depth (z, float32) from the depth buffer's window z in [0, 1] (1 = nothing drawn -> 0).
 
-    def __init__(self):
+    The same float32 arithmetic as pyrender's framebuffer read (NDC z = 2 w - 1, then the perspective
+    inverse), element by element, so the values are bit-identical; computed only inside the bounding box
+    of the drawn pixels and without boolean-mask gathers and scatters (pyrender's read of a 640x480
+    template view cost about 3 ms of CPU on the 2-core machine, this about a fifth of it)."""
+    drawn = window_z != 1.0
+    z = np.zeros(window_z.shape, dtype=np.float32)
+    rows, cols = np.flatnonzero(drawn.any(axis=1)), np.flatnonzero(drawn.any(axis=0))
+    if not len(rows):
+        return z
+    box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    ndc = 2.0 * window_z[box] - 1.0
+    with np.errstate(divide="ignore"):
+        if zfar is None:
+            inside = 2 * znear / (1.0 - ndc)
+        else:
+            inside = (2.0 * znear * zfar) / (zfar + znear - ndc * (zfar - znear))
+    np.copyto(z[box], inside, where=drawn[box])
+    return z
+
+
+def _read_framebuffer(self, scene, flags):
+    """Replacement of pyrender's `Renderer._read_main_framebuffer` (bound to one pyrender renderer): the same
+    GL calls (resolve the draw framebuffer, read depth as float and colour as RGB(A) bytes, rows flipped
+    to top-down), with the depth linearised by `linear_depth`."""
+    from OpenGL import GL
+
+    pyrender = _import_pyrender()
+    width, height = self._main_fb_dims[0], self._main_fb_dims[1]
+    GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self._main_fb_ms)
+    GL.glBindFramebuffer(GL.GL_DRAW_FRAMEBUFFER, self._main_fb)
+    for mask, sampling in ((GL.GL_COLOR_BUFFER_BIT, GL.GL_LINEAR), (GL.GL_DEPTH_BUFFER_BIT, GL.GL_NEAREST)):
+        GL.glBlitFramebuffer(0, 0, width, height, 0, 0, width, height, mask, sampling)
+    GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self._main_fb)
+    window_z = np.frombuffer(GL.glReadPixels(0, 0, width, height, GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT),
+                             dtype=np.float32).reshape(height, width)[::-1]
+    camera = scene.main_camera_node.camera
+    depth = linear_depth(window_z, camera.znear, camera.zfar)
+    if flags & pyrender.RenderFlags.DEPTH_ONLY:
+        return depth
+    channels, fmt = (4, GL.GL_RGBA) if flags & pyrender.RenderFlags.RGBA else (3, GL.GL_RGB)
+    color = np.frombuffer(GL.glReadPixels(0, 0, width, height, fmt, GL.GL_UNSIGNED_BYTE), dtype=np.uint8)
+    return color.reshape(height, width, channels)[::-1], depth
+
+
+class Renderer:
+    """Offscreen renderers by image size, created on first use (one GL context per process).
+
+    `fast_read` (default) reads the framebuffer with `_read_framebuffer` (bit-identical values, a fraction of
+    pyrender's CPU time); False keeps pyrender's own read (the tests compare the two)."""
+
+    def __init__(self, fast_read: bool = True):
         self._renderers: dict[tuple[int, int], object] = {}
+        self.fast_read = bool(fast_read) and sys.platform != "darwin"  # pyrender rescales on macOS
 
     def _get(self, width: int, height: int):
         key = (int(width), int(height))
         if key not in self._renderers:
             pyrender = _import_pyrender()
             try:
-                self._renderers[key] = pyrender.OffscreenRenderer(key[0], key[1])
+                offscreen = pyrender.OffscreenRenderer(key[0], key[1])
             except Exception as exc:
                 raise RenderError(f"cannot create a {key[0]}x{key[1]} offscreen OpenGL context "
                                   f"({type(exc).__name__}: {exc}); {EGL_HINT}") from None
+            if self.fast_read:
+                inner = offscreen._renderer
+                inner._read_main_framebuffer = types.MethodType(_read_framebuffer, inner)
+            self._renderers[key] = offscreen
         return self._renderers[key]
 
     def render(self, scene, width: int, height: int, flat: bool = False, depth_only: bool = False):

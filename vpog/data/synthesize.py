@@ -2,7 +2,8 @@
 optionally a BOP test split of the same objects.
 
     python -m vpog.data.synthesize out=DIR meshes=DIR|procedural num_objects=16 num_images=320 \
-        template_level=1 seed=0 num_workers=2 [format=bop num_test_images=20 test_images_per_scene=10]
+        template_level=1 seed=0 num_workers=2 [shard=i/n] [verify=true] \
+        [format=bop num_test_images=20 test_images_per_scene=10]
 
 writes, under `out` (a training-set root, readable by `vpog.data.VPOGDataset` like MegaPose-GSO):
 
@@ -36,11 +37,28 @@ set's name).
 
 Objects come from a folder of meshes (obj, ply, glb/gltf, stl, off; ids 1..N in sorted file order) or
 from `procedural` random primitive compositions; both are normalised as GSO (max extent 0.2 m) unless
-`normalize=false`. Work is split into tasks (one per object: model + templates; one per shard: scenes;
-one per test scene folder) run by `num_workers` processes, each with its own EGL context. Every task's
-output appears atomically, so a rerun skips finished objects, shards and test scenes (resumable); every
-image draws from a generator seeded by (seed, stream, image), training and test images from different
-streams, so a set is the same whatever the worker count (deterministic for a seed).
+`normalize=false`. A mesh that cannot be used (unreadable, empty, non-finite, degenerate, a texture over
+`max_texture_pixels`) is skipped: logged with the reason, counted in the summary, left out of
+models_info.json and of the scenes; the run goes on (`synthesize_tasks`).
+
+Scale: work is split into tasks (one per object: model + templates; one per shard: scenes; one per test
+scene folder). `shard=i/n` takes every n-th of each kind from the i-th (default: the SLURM array task's
+place, else the whole run; `scale_out`), so n runs on any nodes write one set; `num_workers` processes
+share a run's tasks, each with its own EGL context, spread over the machine's GPUs (`render_pool`).
+Template views are encoded and written in `writer_threads` background threads while the next views
+render (`template_render`). A progress bar counts views (templates and images) with the rate and ETA;
+a summary with totals and throughput ends the run (`stats` in the manifest).
+
+Resumable and verifiable: every task's output appears atomically (an object's templates count only
+with their marker, written last), so a rerun (or a requeued array task) skips finished objects, shards
+and test scenes, redoes partial ones and removes what interrupted runs left. The run that finds every
+task of the set finished (whichever shard) writes models_info.json, key_to_shard.json and the complete
+manifest. `verify=true` renders nothing: it checks the finished set (every template file against its
+marker and decoded, models, shards, test scenes), lists what is missing, partial or corrupt in
+`.vpog_synth/verify-{i}-of-{n}.json`, and marks corrupt objects and shards for the next run to redo.
+Every image draws from a generator seeded by (seed, stream, image), training and test images from
+different streams, so a set is the same whatever the worker count or sharding (deterministic for a
+seed).
 
 A rerun into the same `out` must keep the settings that change what is written (`CONTENT_KEYS`), else it
 is refused. The test settings count only between two `format=bop` runs: a `format=gigapose` run (the
@@ -53,29 +71,37 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
+import tarfile
 import time
-from collections import OrderedDict
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
+from vpog.config_schema import to_plain
+
+from .meshes import MAX_TEXTURE_PIXELS
+from .synthesize_tasks import TEST_STREAM, TRAIN_STREAM, WORK_DIR, mesh_stamp, read_status, test_layout
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["synthesize", "ensure_synthetic_dataset", "main", "CONTENT_KEYS", "TRAIN_STREAM", "TEST_STREAM"]
 
 # Settings that change what is written: a rerun into the same `out` must keep them.
 TRAIN_KEYS = (
     "name", "meshes", "num_objects", "num_images", "images_per_shard", "image_size", "template_level",
     "template_size", "template_lighting", "template_distance_factor", "normalize", "max_extent", "mesh_units",
     "objects_per_image", "distractors_per_image", "occluder_prob", "apparent_size", "texture_prob", "seed",
+    "max_texture_pixels",
 )
 # The BOP test split's settings and their defaults (configs and manifests older than the split lack them).
 TEST_DEFAULTS = {"format": "gigapose", "num_test_images": 20, "test_images_per_scene": 10, "test_object_ids": None}
 TEST_KEYS = tuple(TEST_DEFAULTS)
 CONTENT_KEYS = TRAIN_KEYS + TEST_KEYS
+# Content settings newer than some manifests, with the value those sets were made with.
+CONTENT_DEFAULTS = {"max_texture_pixels": MAX_TEXTURE_PIXELS, **TEST_DEFAULTS}
+# How a run goes (not what it writes); defaults for configs that lack them (the trainer's data.synthesize).
+RUN_DEFAULTS = {"num_workers": 2, "progress": True, "shard": None, "verify": False, "writer_threads": 1}
 FORMATS = ("gigapose", "bop")
-TRAIN_STREAM, TEST_STREAM = 11, 23  # seed-sequence tags: training and test images never share a generator
-WORK_DIR = ".vpog_synth"
 MANIFEST = "synthesis.json"
 
 
@@ -130,20 +156,17 @@ def bop_reading(p: dict, scenes: list[tuple[int, int]], targets: list[dict]) -> 
     }
 
 
-def _plain(cfg) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:
-        pass
-    return dict(cfg)
+def _settings(cfg) -> dict:
+    """The settings as a plain dict: a dict as it is (the loader's first-use check runs where omegaconf is not
+    installed), a DictConfig through `to_plain`."""
+    return dict(cfg) if isinstance(cfg, dict) else dict(to_plain(cfg))
 
 
 def _validate(p: dict) -> dict:
+    from .scale_out import parse_shard
+
     p = dict(p)
-    for key, value in TEST_DEFAULTS.items():
+    for key, value in {**CONTENT_DEFAULTS, **RUN_DEFAULTS}.items():
         p.setdefault(key, value)
     if p["format"] not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {p['format']!r}")
@@ -161,9 +184,10 @@ def _validate(p: dict) -> dict:
         p["test_object_ids"] = sorted({int(i) for i in ids})
     if not p.get("out"):
         raise ValueError("out must name the output folder")
-    for key in ("num_images", "images_per_shard"):
-        if int(p[key]) < 1:
-            raise ValueError(f"{key} must be >= 1, got {p[key]}")
+    for key, low in (("num_images", 0), ("images_per_shard", 1), ("num_workers", 0), ("writer_threads", 0),
+                     ("max_texture_pixels", 1)):
+        if int(p[key]) < low:
+            raise ValueError(f"{key} must be >= {low}, got {p[key]}")
     if p["template_level"] not in (0, 1, 2):
         raise ValueError(f"template_level must be 0, 1 or 2, got {p['template_level']}")
     for key in ("image_size", "template_size"):
@@ -175,6 +199,7 @@ def _validate(p: dict) -> dict:
     if p["meshes"] == "procedural":
         if p["num_objects"] is None or int(p["num_objects"]) < 1:
             raise ValueError("num_objects must be >= 1 for procedural objects")
+    p["shard"] = "{}/{}".format(*parse_shard(p["shard"]))
     return p
 
 
@@ -200,7 +225,7 @@ def _check_manifest(out: Path, p: dict) -> dict:
     if not path.is_file():
         return {}
     manifest = json.loads(path.read_text())
-    old = {**TEST_DEFAULTS, **manifest.get("settings", {})}
+    old = {**CONTENT_DEFAULTS, **manifest.get("settings", {})}
     keys = TRAIN_KEYS + (TEST_KEYS if p["format"] == old["format"] == "bop" else ())
     diffs = [f"{k} (was {old.get(k)!r}, now {p.get(k)!r})" for k in keys if old.get(k) != p.get(k)]
     if diffs:
@@ -209,170 +234,180 @@ def _check_manifest(out: Path, p: dict) -> dict:
     return manifest
 
 
-def _test_layout(p: dict) -> list[tuple[int, int]]:
-    """[(scene_id, number of images)] of the test split: `test_images_per_scene` a scene, the last one fewer."""
-    n, per = int(p["num_test_images"]), int(p["test_images_per_scene"])
-    return [(s, min(per, n - s * per)) for s in range(-(-n // per))]
+def _object_done(out: Path, name: str, obj_id: int, src: str | None) -> bool:
+    """Finished: templates (with their marker), model and status written; or skipped as unusable, with its
+    mesh file unchanged since."""
+    from .template_render import object_templates_done
+
+    status = read_status(out, obj_id)
+    if status is None:
+        return False
+    if "skipped" in status:
+        return status.get("mesh") == mesh_stamp(src)
+    return object_templates_done(out / "templates", name, obj_id) and (out / "models" /
+                                                                       f"obj_{obj_id:06d}.ply").is_file()
 
 
-# --------------------------------------------------------------------------------------------
-# Tasks (run in worker processes)
+def _plan(out: Path, p: dict, sources: list, shard: tuple[int, int]) -> dict:
+    """This shard's items of each kind (positions i, i + n, ...) and which of them are still to do."""
+    from . import bop_scenes
+    from .bop_writer import SHARD_DIR, SHARD_PATTERN
+    from .scale_out import shard_items
 
-_STATE: dict = {}
-
-
-def _init_worker(p: dict, sources: list) -> None:
-    from .render import Renderer
-
-    _STATE.clear()
-    _STATE.update(p=p, sources=dict(sources), renderer=Renderer(), objects=OrderedDict(), meshes={},
-                  canvas_meshes={})
-
-
-def _close_worker() -> None:
-    _STATE["renderer"].close()
-    _STATE.clear()
+    n_shards = -(-int(p["num_images"]) // int(p["images_per_shard"]))
+    scenes = test_layout(p) if p["format"] == "bop" else []
+    mine = {"object": shard_items(sources, shard), "shard": shard_items(range(n_shards), shard),
+            "test_scene": shard_items([s for s, _ in scenes], shard)}
+    todo = {"object": [i for i, src in mine["object"] if not _object_done(out, p["name"], i, src)],
+            "shard": [s for s in mine["shard"] if not (out / SHARD_DIR / SHARD_PATTERN.format(s)).is_file()],
+            "test_scene": [s for s in mine["test_scene"] if not bop_scenes.scene_done(out, s)]}
+    return {"mine": mine, "todo": todo, "n_shards": n_shards, "scenes": scenes}
 
 
-def _get_object(obj_id: int):
-    from .meshes import load_object
-    from .procedural import procedural_object
+def _remove_tmp_files(out: Path, p: dict, plan: dict) -> None:
+    """Delete what interrupted runs left of this shard's items (only this shard writes them)."""
+    import shutil
 
-    objects, p = _STATE["objects"], _STATE["p"]
-    if obj_id in objects:
-        objects.move_to_end(obj_id)
-        return objects[obj_id]
-    src = _STATE["sources"][obj_id]
-    max_extent = float(p["max_extent"]) if p["normalize"] else None
-    if src is None:
-        obj = procedural_object(obj_id, int(p["seed"]), max_extent=max_extent or 0.2,
-                                texture_prob=float(p["texture_prob"]))
-    else:
-        obj = load_object(src, obj_id, max_extent=max_extent, units=p["mesh_units"])
-    objects[obj_id] = obj
-    if len(objects) > 64:  # keep memory bounded for large mesh folders
-        old, _ = objects.popitem(last=False)
-        _STATE["meshes"].pop(old, None)
-        _STATE["canvas_meshes"].pop(old, None)
-    return obj
+    from .bop_writer import SHARD_DIR, SHARD_PATTERN
+
+    paths = []
+    for obj_id, _ in plan["mine"]["object"]:
+        paths += list((out / "models").glob(f"obj_{obj_id:06d}.ply.tmp*"))
+        paths += list((out / WORK_DIR / "objects").glob(f"obj_{obj_id:06d}.json.tmp*"))
+    for s in plan["mine"]["shard"]:
+        paths += list((out / SHARD_DIR).glob(SHARD_PATTERN.format(s) + ".tmp*"))
+    for s in plan["mine"]["test_scene"]:
+        paths += list((out / WORK_DIR / "test").glob(f"{s:06d}.tmp*"))
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def _object_task(obj_id: int) -> dict:
-    from .bop_writer import models_info_entry, write_json_atomic, write_model_ply
-    from .template_render import write_object_templates
+def _task_weight(level: int, scenes: dict, images_per_shard: int, num_images: int):
+    """Progress-bar share of a task: its template views or images."""
+    from .templates import NUM_VIEWS
 
-    p, out = _STATE["p"], Path(_STATE["p"]["out"])
-    obj = _get_object(obj_id)
-    t0 = time.perf_counter()
-    v, f, c = obj.colored_arrays()
-    write_model_ply(out / "models" / f"obj_{obj_id:06d}.ply", v, f, c)
-    w, h = p["template_size"]
-    t_render = time.perf_counter()
-    views = write_object_templates(_STATE["renderer"], obj, out / "templates", p["name"], int(p["template_level"]),
-                                   w, h, lighting=p["template_lighting"],
-                                   distance_factor=p["template_distance_factor"])
-    t_render = time.perf_counter() - t_render
-    info = models_info_entry(obj.vertices, obj.diameter, obj.symmetries)
-    info["source"] = obj.name
-    write_json_atomic(out / WORK_DIR / "objects" / f"obj_{obj_id:06d}.json", info)
-    return {"kind": "object", "id": obj_id, "views": views, "seconds": time.perf_counter() - t0,
-            "render_seconds": t_render}
+    def weight(task) -> int:
+        kind, ident = task
+        if kind == "object":
+            return NUM_VIEWS[level]
+        if kind == "shard":
+            return min(images_per_shard, num_images - ident * images_per_shard)
+        return scenes[ident]
+
+    return weight
 
 
-def _scene_params(p: dict):
-    from .scenes import SceneParams
+def _crashed(task, reason: str) -> dict:
+    kind, ident = task
+    return {"kind": kind, "id": ident, "skipped": "crash", "reason": reason, "views": 0, "images": 0}
+
+
+def _stats(results: list, wall: float, workers: int, shard: str) -> dict:
+    """Totals and throughput of one run (the manifest's `stats`)."""
+    objects = [r for r in results if r["kind"] == "object"]
+    done = [r for r in objects if "skipped" not in r]
+    views = sum(r["views"] for r in done)
+    render_s = sum(r["render_seconds"] for r in done)
+    write_s = sum(r["write_seconds"] for r in done)
+    shards = [r for r in results if r["kind"] == "shard" and "skipped" not in r]
+    tests = [r for r in results if r["kind"] == "test_scene" and "skipped" not in r]
+    images, image_s = sum(r["images"] for r in shards), sum(r["seconds"] for r in shards)
+    test_images, test_s = sum(r["images"] for r in tests), sum(r["seconds"] for r in tests)
+    skipped = {r["id"]: f"{r['skipped']}: {r['reason']}" for r in objects if "skipped" in r}
+    return {
+        "wall_seconds": round(wall, 3),
+        "workers": max(workers, 1),
+        "shard": shard,
+        "objects_rendered": len(done),
+        "objects_skipped": len(skipped),
+        "skipped_by_kind": dict(Counter(r["skipped"] for r in objects if "skipped" in r)),
+        "skipped_objects": skipped,
+        "failed_tasks": {f"{r['kind']} {r['id']}": r["reason"] for r in results
+                         if r["kind"] != "object" and "skipped" in r},
+        "template_views": views,
+        "template_views_per_second_per_process": round(views / render_s, 2) if render_s else None,
+        "template_write_ms_per_view": round(1000 * write_s / views, 3) if views else None,
+        "scene_images": images,
+        "scene_images_per_second_per_process": round(images / image_s, 3) if image_s else None,
+        "test_images": test_images,
+        "test_images_per_second_per_process": round(test_images / test_s, 3) if test_s else None,
+        "objects_left_out_of_scenes": sum(r.get("dropped_objects", 0) for r in results),
+        "views_per_second_wall": round((views + images + test_images) / wall, 2) if wall > 0 and results else None,
+    }
+
+
+def _log_summary(stats: dict, todo: int, before: int) -> None:
+    logger.info("shard %s: %d tasks done before, %d run in %.1f s with %d processes: %d objects rendered "
+                "(%d template views, %s views/s per process, writing %s ms/view off the render thread), "
+                "%d scene images, %d BOP test images; %s views/s overall", stats["shard"], before, todo,
+                stats["wall_seconds"], stats["workers"], stats["objects_rendered"], stats["template_views"],
+                stats["template_views_per_second_per_process"], stats["template_write_ms_per_view"],
+                stats["scene_images"], stats["test_images"], stats["views_per_second_wall"])
+    if stats["objects_skipped"]:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(stats["skipped_by_kind"].items()))
+        logger.warning("%d objects skipped (%s):", stats["objects_skipped"], kinds)
+        for obj_id, reason in sorted(stats["skipped_objects"].items())[:50]:
+            logger.warning("  object %d: %s", obj_id, reason)
+    for task, reason in stats["failed_tasks"].items():
+        logger.error("%s: %s (not written; a rerun tries again)", task, reason)
+
+
+def _complete(out: Path, p: dict, sources: list, n_shards: int, scenes: list) -> dict | None:
+    """{obj_id: status} when every task of the whole set (all shards) is finished, else None."""
+    from . import bop_scenes
+    from .bop_writer import SHARD_DIR, SHARD_PATTERN
+
+    statuses = {}
+    for obj_id, src in sources:
+        if not _object_done(out, p["name"], obj_id, src):
+            return None
+        statuses[obj_id] = read_status(out, obj_id)
+    if not all((out / SHARD_DIR / SHARD_PATTERN.format(s)).is_file() for s in range(n_shards)):
+        return None
+    if not all(bop_scenes.scene_done(out, s) for s, _ in scenes):
+        return None
+    return statuses
+
+
+def _finalize(out: Path, p: dict, settings: dict, statuses: dict, scenes: list, stats: dict, kept_bop) -> dict:
+    from . import bop_scenes
+    from .bop_writer import image_key, write_json_atomic, write_key_to_shard, write_models_info
     from .templates import scaled_K
 
-    w, h = p["image_size"]
-    return SceneParams(width=w, height=h, K=scaled_K(w, h), objects_per_image=tuple(p["objects_per_image"]),
-                       distractors_per_image=tuple(p["distractors_per_image"]),
-                       occluder_prob=float(p["occluder_prob"]), apparent_size=tuple(p["apparent_size"]),
-                       texture_prob=float(p["texture_prob"]))
-
-
-def _render_random_scene(rng: np.random.Generator, ids: list[int], key: str, params):
-    """One random scene: objects_per_image of `ids` (drawn from `rng`), rendered -> ImageRecord."""
-    from .scenes import render_scene
-
-    k = int(rng.integers(params.objects_per_image[0], params.objects_per_image[1] + 1))
-    chosen = rng.choice(ids, size=min(k, len(ids)), replace=False)
-    objects = [_get_object(int(i)) for i in chosen]
-    return render_scene(_STATE["renderer"], rng, key, objects, _STATE["meshes"], params)
-
-
-def _shard_task(shard: int) -> dict:
-    from .bop_writer import SHARD_DIR, SHARD_PATTERN, encode_image, image_key, write_shard
-
-    p, out = _STATE["p"], Path(_STATE["p"]["out"])
-    t0 = time.perf_counter()
-    ids = sorted(_STATE["sources"])
-    params = _scene_params(p)
-    first = shard * int(p["images_per_shard"])
-    last = min(first + int(p["images_per_shard"]), int(p["num_images"]))
-
-    def samples():
-        for index in range(first, last):
-            rng = np.random.default_rng([int(p["seed"]), TRAIN_STREAM, index])
-            key = image_key(index)
-            yield key, encode_image(_render_random_scene(rng, ids, key, params))
-
-    write_shard(out / SHARD_DIR / SHARD_PATTERN.format(shard), samples())
-    return {"kind": "shard", "id": shard, "images": last - first, "seconds": time.perf_counter() - t0}
-
-
-def _test_scene_task(scene_id: int) -> dict:
-    """One BOP test scene folder: its images rendered, annotated as BOP's scripts do, written atomically."""
-    from .bop_scenes import annotate, write_scene
-
-    p, out = _STATE["p"], Path(_STATE["p"]["out"])
-    t0 = time.perf_counter()
-    ids = p["test_object_ids"] or sorted(_STATE["sources"])
-    params = _scene_params(p)
-    count = dict(_test_layout(p))[scene_id]
-    images = {}
-    for im_id in range(count):
-        rng = np.random.default_rng([int(p["seed"]), TEST_STREAM, scene_id, im_id])
-        record = _render_random_scene(rng, ids, f"{scene_id:06d}_{im_id:06d}", params)
-        objects = {inst.obj_id: _get_object(inst.obj_id) for inst in record.instances}
-        images[im_id] = annotate(record, _STATE["renderer"], objects, _STATE["meshes"], _STATE["canvas_meshes"])
-    write_scene(out, scene_id, images, out / WORK_DIR / "test")
-    return {"kind": "test_scene", "id": scene_id, "images": count, "seconds": time.perf_counter() - t0}
-
-
-def _run_task(task: tuple[str, int]) -> dict:
-    kind, ident = task
-    return {"object": _object_task, "shard": _shard_task, "test_scene": _test_scene_task}[kind](ident)
-
-
-# --------------------------------------------------------------------------------------------
-# Driver
-
-
-def _object_done(out: Path, name: str, obj_id: int) -> bool:
-    from .templates import pose_path, template_dir
-
-    return ((out / WORK_DIR / "objects" / f"obj_{obj_id:06d}.json").is_file()
-            and pose_path(out / "templates", name, obj_id).is_file()
-            and template_dir(out / "templates", name, obj_id).is_dir()
-            and (out / "models" / f"obj_{obj_id:06d}.ply").is_file())
+    infos = {i: s for i, s in statuses.items() if "skipped" not in s}
+    write_models_info(out, infos)
+    ips = int(p["images_per_shard"])
+    write_key_to_shard(out, {image_key(i): i // ips for i in range(int(p["num_images"]))})
+    skipped = {i: f"{s['skipped']}: {s['reason']}" for i, s in statuses.items() if "skipped" in s}
+    manifest = {"settings": settings, "complete": True, "stats": stats, "objects": len(infos),
+                "skipped_objects": skipped, "gigapose": gigapose_reading(p)}
+    if p["format"] == "bop":
+        w, h = p["image_size"]
+        bop_scenes.write_camera(out, scaled_K(w, h), w, h)
+        targets = bop_scenes.write_targets(out, [s for s, _ in scenes])
+        manifest["bop"] = bop_reading(p, scenes, targets)
+    elif kept_bop:
+        manifest["bop"] = kept_bop
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
 
 
 def synthesize(cfg) -> dict:
-    """Write (or finish writing) the set described by `cfg` (synthesize.yaml keys); returns its manifest."""
-    from . import bop_scenes
-    from .bop_writer import (
-        SHARD_DIR,
-        SHARD_PATTERN,
-        image_key,
-        write_json_atomic,
-        write_key_to_shard,
-        write_models_info,
-    )
-    from .render import egl_available
+    """Write (or finish writing) the set described by `cfg` (synthesize.yaml keys), or with `verify=true`
+    check it. Returns the manifest: `complete` once every shard's work is done, `stats` of this run
+    (with `verify`: the verification report)."""
+    from .render import EGL_HINT, RenderError, egl_available
+    from .render_pool import run_tasks
+    from .scale_out import parse_shard
+    from .synthesize_tasks import close_worker, init_worker, run_task
+    from .template_render import sweep_partial
     from .templates import scaled_K, write_camera
 
-    p = _validate(_plain(cfg))
+    p = _validate(_settings(cfg))
     out = Path(p["out"])
+    shard = parse_shard(p["shard"])
+    if p["verify"]:
+        return verify_set(p)
     out.mkdir(parents=True, exist_ok=True)
     p["out"] = str(out)
     previous = _check_manifest(out, p)
@@ -384,91 +419,147 @@ def synthesize(cfg) -> dict:
             raise ValueError(f"test_object_ids {unknown} are not objects of this set (ids 1..{len(sources)})")
     ok, reason = egl_available()
     if not ok:
-        from .render import EGL_HINT, RenderError
-
         raise RenderError(f"{reason}; {EGL_HINT}")
+    from .bop_writer import write_json_atomic
+
     settings = {k: p[k] for k in CONTENT_KEYS}
     kept_bop = None
     if not bop and previous.get("settings", {}).get("format") == "bop":
         # a gigapose run leaves the test split written before as it is, and the manifest keeps describing it
         settings.update({k: previous["settings"][k] for k in TEST_KEYS})
         kept_bop = previous.get("bop")
-    write_json_atomic(out / MANIFEST, {"settings": settings, "complete": False,
-                                       **({"bop": kept_bop} if kept_bop else {})})
+    if not previous.get("complete"):
+        write_json_atomic(out / MANIFEST, {"settings": settings, "complete": False,
+                                           **({"bop": kept_bop} if kept_bop else {})})
     tw, th = p["template_size"]
     write_camera(out / "templates", p["name"], scaled_K(tw, th), tw, th)
 
-    n_shards = -(-int(p["num_images"]) // int(p["images_per_shard"]))
-    scenes = _test_layout(p) if bop else []
-    tasks = [("object", i) for i, _ in sources if not _object_done(out, p["name"], i)]
-    tasks += [("shard", s) for s in range(n_shards) if not (out / SHARD_DIR / SHARD_PATTERN.format(s)).is_file()]
-    tasks += [("test_scene", s) for s, _ in scenes if not bop_scenes.scene_done(out, s)]
-    skipped = len(sources) + n_shards + len(scenes) - len(tasks)
-    logger.info("synthesizing %s: %d objects, %d images in %d shards%s (%d tasks done before, %d to do)",
-                out, len(sources), int(p["num_images"]), n_shards,
-                f", {int(p['num_test_images'])} BOP test images in {len(scenes)} scenes" if bop else "",
-                skipped, len(tasks))
-    shutil.rmtree(out / WORK_DIR / "test", ignore_errors=True)  # scene folders left half-written by a crash
-
-    from .render_pool import run_tasks
+    plan = _plan(out, p, sources, shard)
+    _remove_tmp_files(out, p, plan)
+    todo = plan["todo"]
+    tasks = [("object", i) for i in todo["object"]] + [("shard", s) for s in todo["shard"]]
+    tasks += [("test_scene", s) for s in todo["test_scene"]]
+    before = sum(len(v) for v in plan["mine"].values()) - len(tasks)
+    logger.info("synthesizing %s (shard %s): %d objects, %d images in %d shards%s; this shard: %d tasks done "
+                "before, %d to do", out, p["shard"], len(sources), int(p["num_images"]), plan["n_shards"],
+                f", {int(p['num_test_images'])} BOP test images in {len(plan['scenes'])} scenes" if bop else "",
+                before, len(tasks))
 
     t0 = time.perf_counter()
     workers = min(int(p["num_workers"]), len(tasks))
-    results = run_tasks(_run_task, tasks, workers, _init_worker, (p, sources), _close_worker, "synthesize", "task",
-                        progress=bool(p.get("progress", True)))
-    wall = time.perf_counter() - t0
-
-    infos = {}
-    for obj_id, _ in sources:
-        infos[obj_id] = json.loads((out / WORK_DIR / "objects" / f"obj_{obj_id:06d}.json").read_text())
-    write_models_info(out, infos)
-    ips = int(p["images_per_shard"])
-    write_key_to_shard(out, {image_key(i): i // ips for i in range(int(p["num_images"]))})
-
-    views = sum(r.get("views", 0) for r in results)
-    view_seconds = sum(r.get("render_seconds", 0.0) for r in results)
-    images = sum(r["images"] for r in results if r["kind"] == "shard")
-    image_seconds = sum(r["seconds"] for r in results if r["kind"] == "shard")
-    test_images = sum(r["images"] for r in results if r["kind"] == "test_scene")
-    test_seconds = sum(r["seconds"] for r in results if r["kind"] == "test_scene")
-    stats = {
-        "wall_seconds": round(wall, 3),
-        "workers": max(workers, 1),
-        "template_views": views,
-        "template_views_per_second_per_process": round(views / view_seconds, 2) if view_seconds else None,
-        "scene_images": images,
-        "scene_images_per_second_per_process": round(images / image_seconds, 3) if image_seconds else None,
-        "test_images": test_images,
-        "test_images_per_second_per_process": round(test_images / test_seconds, 3) if test_seconds else None,
-        "views_per_second_wall": round((views + images + test_images) / wall, 2) if wall > 0 and results else None,
-    }
+    weight = _task_weight(int(p["template_level"]), dict(plan["scenes"]), int(p["images_per_shard"]),
+                          int(p["num_images"]))
+    results = run_tasks(run_task, tasks, workers, init_worker, (p, sources), close_worker, "synthesize", "views",
+                        progress=bool(p["progress"]), weight=weight, crashed=_crashed,
+                        is_skipped=lambda r: "skipped" in r)
+    sweep_partial(out / "templates", p["name"], [i for i, _ in plan["mine"]["object"]])
+    stats = _stats(results, time.perf_counter() - t0, workers, p["shard"])
     if results:
-        logger.info("rendered %d template views (%.1f views/s per process), %d scene images "
-                    "(%.2f images/s per process) and %d BOP test images (%.2f images/s per process) in %.1f s "
-                    "with %d processes", views, stats["template_views_per_second_per_process"] or 0, images,
-                    stats["scene_images_per_second_per_process"] or 0, test_images,
-                    stats["test_images_per_second_per_process"] or 0, wall, stats["workers"])
-    manifest = {"settings": settings, "complete": True, "stats": stats, "gigapose": gigapose_reading(p)}
-    if bop:
-        w, h = p["image_size"]
-        bop_scenes.write_camera(out, scaled_K(w, h), w, h)
-        targets = bop_scenes.write_targets(out, [s for s, _ in scenes])
-        manifest["bop"] = bop_reading(p, scenes, targets)
-    elif kept_bop:
-        manifest["bop"] = kept_bop
-    write_json_atomic(out / MANIFEST, manifest)
-    return manifest
+        _log_summary(stats, len(tasks), before)
+    write_json_atomic(out / WORK_DIR / "runs" / f"shard-{shard[0]}-of-{shard[1]}.json", stats)
+
+    statuses = _complete(out, p, sources, plan["n_shards"], plan["scenes"])
+    if statuses is None:
+        logger.info("shard %s finished; the set is complete once every shard is (the last to finish, or any "
+                    "rerun then, writes models_info.json and the manifest)", p["shard"])
+        return {"settings": settings, "complete": False, "stats": stats}
+    if previous.get("complete") and not results:
+        return {**previous, "stats": stats}
+    return _finalize(out, p, settings, statuses, plan["scenes"], stats, kept_bop)
+
+
+def _verify_shard_tar(path: Path, images: int) -> str | None:
+    """None when the tar reads and holds `images` samples of 7 members, else what is wrong."""
+    try:
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    keys = {n.partition(".")[0] for n in names}
+    if len(keys) != images or len(names) != 7 * images:
+        return f"{len(keys)} samples in {len(names)} members, expected {images} in {7 * images}"
+    return None
+
+
+def verify_set(p: dict) -> dict:
+    """Check the finished part of set `p` that shard p["shard"] owns (see the module doc) -> the report,
+    also written to `.vpog_synth/verify-{i}-of-{n}.json`; corrupt objects lose their marker and corrupt
+    shards are deleted, so the next run redoes them."""
+    from . import bop_scenes
+    from .bop_writer import SHARD_DIR, SHARD_PATTERN, write_json_atomic
+    from .scale_out import parse_shard
+    from .template_verify import invalidate, verify_templates
+
+    out = Path(p["out"])
+    if not (out / MANIFEST).is_file():
+        raise FileNotFoundError(f"{out / MANIFEST} does not exist: nothing to verify at {out}")
+    _check_manifest(out, p)
+    shard = parse_shard(p["shard"])
+    sources = _object_sources(p)
+    plan = _plan(out, p, sources, shard)
+    t0 = time.perf_counter()
+    skipped = {}
+    rendered = []
+    for obj_id, src in plan["mine"]["object"]:
+        status = read_status(out, obj_id)
+        if status is not None and "skipped" in status and status.get("mesh") == mesh_stamp(src):
+            skipped[obj_id] = f"{status['skipped']}: {status['reason']}"
+        else:
+            rendered.append(obj_id)
+    w, h = p["template_size"]
+    report = verify_templates(out / "templates", p["name"], rendered, int(p["template_level"]), w, h,
+                              threads=max(int(p["num_workers"]), 1), progress=bool(p["progress"]))
+    for obj_id in rendered:
+        if obj_id in report["corrupt"] or obj_id in report["missing"] or obj_id in report["partial"]:
+            continue
+        ply = out / "models" / f"obj_{obj_id:06d}.ply"
+        if read_status(out, obj_id) is None:
+            report["partial"].append(obj_id)
+        elif not ply.is_file() or ply.stat().st_size == 0:
+            report["corrupt"][obj_id] = f"{ply}: missing or empty"
+            report["ok"] -= 1
+    invalidate(out / "templates", p["name"], report["corrupt"])
+    shards = {}
+    for s in plan["mine"]["shard"]:
+        path = out / SHARD_DIR / SHARD_PATTERN.format(s)
+        images = min(int(p["images_per_shard"]), int(p["num_images"]) - s * int(p["images_per_shard"]))
+        problem = "missing" if not path.is_file() else _verify_shard_tar(path, images)
+        if problem:
+            shards[s] = problem
+            if problem != "missing":
+                path.unlink()
+    scenes = [s for s in plan["mine"]["test_scene"] if not bop_scenes.scene_done(out, s)]
+    report.update(shard=p["shard"], skipped_objects=skipped, bad_shards=shards, missing_test_scenes=scenes,
+                  seconds=round(time.perf_counter() - t0, 2))
+    report["problems"] = (len(report["missing"]) + len(report["partial"]) + len(report["corrupt"]) + len(shards)
+                          + len(scenes) + len(report["debris"]))
+    if report["problems"]:  # the set needs another run: the trainer must not take it as complete
+        manifest = json.loads((out / MANIFEST).read_text())
+        if manifest.get("complete"):
+            write_json_atomic(out / MANIFEST, {**manifest, "complete": False})
+    write_json_atomic(out / WORK_DIR / f"verify-{shard[0]}-of-{shard[1]}.json", report)
+    log = logger.warning if report["problems"] else logger.info
+    log("verified %s (shard %s) in %.1f s: %d objects ok, %d missing, %d partial, %d corrupt, %d skipped as "
+        "unusable; %d bad training shards, %d missing test scenes, %d leftovers of interrupted runs%s",
+        out, p["shard"], report["seconds"], report["ok"], len(report["missing"]), len(report["partial"]),
+        len(report["corrupt"]), len(skipped), len(shards), len(scenes), len(report["debris"]),
+        "; a rerun without verify redoes what is missing, partial or corrupt" if report["problems"] else "")
+    for obj_id, reason in sorted(report["corrupt"].items())[:50]:
+        logger.warning("  object %d corrupt: %s", obj_id, reason)
+    return {"settings": {k: p[k] for k in CONTENT_KEYS}, "verify": report}
 
 
 def ensure_synthetic_dataset(cfg, num_workers: int | None = None) -> Path:
     """Create the synthetic set of `cfg` (synthesize.yaml keys) unless it is already complete; returns its root.
 
     Idempotent and resumable: a complete set with the same settings returns at once, a partial one is
-    finished, a set made with other settings raises ValueError (see `synthesize`).
+    finished, a set made with other settings raises ValueError (see `synthesize`). The whole set is made
+    here (`shard=0/1`, also inside a SLURM array job).
     """
-    p = _plain(cfg)
+    p = _settings(cfg)
     if num_workers is not None:
         p["num_workers"] = num_workers
+    p["shard"], p["verify"] = "0/1", False
     out = Path(p["out"])
     manifest = out / MANIFEST
     if manifest.is_file():
@@ -482,9 +573,12 @@ def ensure_synthetic_dataset(cfg, num_workers: int | None = None) -> Path:
 
 
 def _report(cfg) -> int:
+    """Exit code: 0 done (or shard done), 1 when verify found problems or a task failed."""
     manifest = synthesize(cfg)
-    logger.info("done: %s", json.dumps(manifest["stats"]))
-    return 0
+    if "verify" in manifest:
+        return 1 if manifest["verify"]["problems"] else 0
+    logger.info("done: %s", json.dumps({k: v for k, v in manifest["stats"].items() if k != "skipped_objects"}))
+    return 1 if manifest["stats"]["failed_tasks"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""GigaPose templates: view poses, on-disk layout, reading and writing (numpy + Pillow only).
+"""GigaPose templates: view poses, on-disk layout, reading and writing (numpy and Pillow; PNGs are written
+by `vpog.data.png`).
 
 Layout (docs/conventions.md §2), for a template root TEMPLATES and a dataset name:
 
@@ -7,6 +8,11 @@ Layout (docs/conventions.md §2), for a template root TEMPLATES and a dataset na
     TEMPLATES/{name}/object_poses/{obj_id:06d}.npy       (V, 4, 4) T_m2c, millimetres
     TEMPLATES/{name}/camera.json                         optional {"cam_K", "width", "height"}; without it
                                                          GigaPose's camera: K below at 640x480
+
+vpog's writer (`template_render`) adds what readers of the layout ignore: a hidden marker
+`{obj_id:06d}/.done.json` (written last: the object is complete; every file's size and CRC-32) and,
+while it writes, a hidden `TEMPLATES/{name}/.partial/` folder. PNGs: 8-bit RGBA and 16-bit grey, as
+GigaPose's (`encode_view`).
 
 The view set is an icosphere level (0: 42, 1: 162 (default), 2: 642 views): GigaPose's exact poses ship
 in `vpog/assets/obj_poses_level{0,1,2}.npy` (camera at 1000 mm looking at the origin, no in-plane
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -97,14 +104,73 @@ def read_camera(root: str | Path, name: str) -> tuple[np.ndarray, int, int]:
     return GIGAPOSE_K.copy(), GIGAPOSE_SIZE[0], GIGAPOSE_SIZE[1]
 
 
-def save_view(folder: Path, view: int, rgb: np.ndarray, depth_m: np.ndarray, compress_level: int = 1) -> None:
-    """Write one template: `{view:06d}.png` RGBA (alpha = depth > 0) and `{view:06d}_depth.png` (uint16 mm)."""
+_ROWS = threading.local()  # per thread: the last size's scanline buffers and the box written into them
+
+
+def _zeroed_rows(h: int, w: int):
+    """This thread's zeroed scanline buffers for an h x w view: ((raw, rgba view), (raw, depth view)), reused
+    from call to call (allocating 1.8 MB of fresh pages for every 640x480 view costs more than encoding
+    it); only the box the previous view filled is cleared."""
+    from .png import png_rows
+
+    if getattr(_ROWS, "size", None) != (h, w):
+        _ROWS.size, _ROWS.dirty = (h, w), None
+        _ROWS.buffers = (png_rows(h, w, 4), png_rows(h, w, 1, np.uint16))
+    if _ROWS.dirty is not None:
+        for _, pixels in _ROWS.buffers:
+            pixels[_ROWS.dirty] = 0
+        _ROWS.dirty = None
+    return _ROWS.buffers
+
+
+def encode_view(rgb: np.ndarray, depth_m: np.ndarray) -> tuple[bytes, bytes]:
+    """One rendered view -> (RGBA PNG bytes, 16-bit depth PNG bytes), the stored template files.
+
+    rgb uint8 [H, W, 3], depth_m float32 [H, W] metres (0 = background). The RGBA image is rgb where
+    depth > 0 and 0 elsewhere, alpha 255 / 0; depth is round(depth_m * 1000) in millimetres, clipped to
+    uint16, computed in float32. Only the bounding box of the drawn pixels is filled in (everything else
+    is 0 in both images, as the formula gives there), then `vpog.data.png` encodes the scanlines.
+    """
+    from .png import png_from_rows
+
+    rgb, depth_m = np.asarray(rgb), np.asarray(depth_m)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or depth_m.shape != rgb.shape[:2]:
+        raise ValueError(f"a view is rgb uint8 [H, W, 3] and depth [H, W], got {rgb.dtype} {rgb.shape} "
+                         f"and {depth_m.shape}")
+    h, w = depth_m.shape
+    (raw_rgba, rgba), (raw_depth, depth_mm) = _zeroed_rows(h, w)
     mask = depth_m > 0
-    rgba = np.concatenate([np.where(mask[..., None], rgb, 0), (mask * 255).astype(np.uint8)[..., None]], axis=-1)
-    Image.fromarray(rgba.astype(np.uint8), mode="RGBA").save(folder / f"{view:06d}.png",
-                                                            compress_level=compress_level)
-    depth_mm = np.clip(np.round(depth_m * 1000.0), 0, 65535).astype(np.uint16)
-    Image.fromarray(depth_mm).save(folder / f"{view:06d}_depth.png", compress_level=compress_level)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows):
+        box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        _ROWS.dirty = box
+        m, src, dst = mask[box], rgb[box], rgba[box]
+        for c in range(3):  # one channel at a time: numpy's inner loop then runs along a row, not over 3 bytes
+            np.multiply(src[..., c], m, out=dst[..., c], casting="unsafe")
+        np.multiply(m, np.uint8(255), out=dst[..., 3], casting="unsafe")
+        mm = np.multiply(depth_m[box], np.float32(1000.0), dtype=np.float32)
+        np.rint(mm, out=mm)
+        np.clip(mm, 0, 65535, out=mm)
+        depth_mm[box] = mm
+    return png_from_rows(raw_rgba, w, 4), png_from_rows(raw_depth, w, 1, 16)
+
+
+def view_files(view: int) -> tuple[str, str]:
+    """File names of template `view` in its object's folder: (RGBA, depth)."""
+    return f"{int(view):06d}.png", f"{int(view):06d}_depth.png"
+
+
+def save_view(folder: Path, view: int, rgb: np.ndarray, depth_m: np.ndarray) -> list[tuple[str, int, int]]:
+    """Write one template: `{view:06d}.png` RGBA (alpha = depth > 0) and `{view:06d}_depth.png` (uint16 mm),
+    as `encode_view` encodes them. Returns [(file name, size in bytes, CRC-32 of the bytes)] of both."""
+    import zlib
+
+    written = []
+    for fname, data in zip(view_files(view), encode_view(rgb, depth_m)):
+        with open(Path(folder) / fname, "wb") as f:
+            f.write(data)
+        written.append((fname, len(data), zlib.crc32(data)))
+    return written
 
 
 def read_png_depth(data_or_path) -> np.ndarray:
