@@ -242,11 +242,13 @@ class VPOGTask(TrainTask):
         if self._pictures is None:
             from pathlib import Path
 
-            from vpog.data.debug_pictures import DebugPictureWriter
+            from vpog.data.debug_pictures import DebugPictureWriter, VisualizationConfig
 
+            # only the data config's visualization section: a task with its own batches has no data sets
+            section = (to_plain(self.cfg.get("data")) or {}).get("visualization")
             run_dir = Path(str(self.cfg.get("output_dir", "outputs"))) / str(self.cfg.get("run_name", "vpog"))
-            self._pictures = DebugPictureWriter(self.data_cfg.visualization, run_dir / "data_pictures",
-                                                self.labels_cfg.tau_factor)
+            self._pictures = DebugPictureWriter(from_mapping(VisualizationConfig, section, "data.visualization"),
+                                                run_dir / "data_pictures", self.labels_cfg.tau_factor)
         self._pictures.maybe_write(batch, ctx.step, ctx.rank)
 
     def train_step(self, model: nn.Module, batch, ctx: StepContext) -> StepOutput:
