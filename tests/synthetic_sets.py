@@ -24,3 +24,35 @@ def tiny_set_settings(out: str | Path, **overrides) -> dict:
         raise KeyError(f"unknown synthesis settings {sorted(unknown)}")
     settings.update(overrides)
     return settings
+
+
+_SYNTHESIZE = """
+import json, sys
+from vpog.data.render import egl_available
+ok, reason = egl_available()
+if not ok:
+    print(reason)
+    sys.exit(3)
+from vpog.data.synthesize import synthesize
+synthesize(json.loads(sys.argv[1]))
+"""
+
+
+def render_training_set(out: str | Path) -> Path:
+    """3 procedural objects in 6 scenes with occluders and distractors, level-0 templates: the set the training
+    smoke test and the pre-flight check run on. Rendered in a subprocess (EGL's Mesa and Triton's LLVM in one
+    process can crash at Triton's import); skips the test when headless rendering is unavailable."""
+    import json
+    import subprocess
+    import sys
+
+    import pytest
+
+    settings = tiny_set_settings(out, num_objects=3, num_images=6, objects_per_image=[3, 3],
+                                 distractors_per_image=[0, 1], occluder_prob=0.3, apparent_size=[0.4, 0.6], seed=5)
+    res = subprocess.run([sys.executable, "-c", _SYNTHESIZE, json.dumps(settings)], capture_output=True, text=True,
+                         timeout=300)
+    if res.returncode == 3:
+        pytest.skip(f"headless rendering unavailable: {res.stdout.strip()[-300:]}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return Path(out)

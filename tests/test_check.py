@@ -3,41 +3,17 @@ rate, step time, peak memory, op backends), and a damaged setup fails naming eve
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 
 import pytest
-from synthetic_sets import tiny_set_settings
-
-pytest.importorskip("hydra")
-
-SYNTHESIZE = """
-import json, sys
-from vpog.data.render import egl_available
-ok, reason = egl_available()
-if not ok:
-    print(reason)
-    sys.exit(3)
-from vpog.data.synthesize import synthesize
-synthesize(json.loads(sys.argv[1]))
-"""
+from synthetic_sets import render_training_set
 
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
     """3 procedural objects, 6 scenes, level-0 templates (42 views of 160 x 120), rendered in a subprocess
     (EGL's Mesa and Triton's LLVM in one process can crash at Triton's import)."""
-    out = tmp_path_factory.mktemp("check_set")
-    settings = tiny_set_settings(out, num_objects=3, num_images=6, objects_per_image=[3, 3],
-                                 distractors_per_image=[0, 1], occluder_prob=0.3, apparent_size=[0.4, 0.6], seed=5)
-    res = subprocess.run([sys.executable, "-c", SYNTHESIZE, json.dumps(settings)], capture_output=True, text=True,
-                         timeout=300)
-    if res.returncode == 3:
-        pytest.skip(f"headless rendering unavailable: {res.stdout.strip()[-300:]}")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
+    return render_training_set(tmp_path_factory.mktemp("check_set"))
 
 
 def _overrides(root, out_dir, *extra):

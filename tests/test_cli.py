@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("hydra")
-
 from vpog.cli import ConfigError, config_groups, load_config, parse_cli  # noqa: E402
 
 

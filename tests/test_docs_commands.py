@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("hydra")
-
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("data", "model", "preset", "machine")
 

@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("hydra")
-
 ENTRY_POINTS = [
     ("vpog.train", "optim.lrr=1", "optim.lr"),
     ("vpog.evaluate", "checkpont=x", "checkpoint"),

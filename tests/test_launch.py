@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("hydra")
-
 from vpog.launch import LAUNCH_ENV, LaunchError, LaunchPlan, plan  # noqa: E402
 from vpog.training.distributed import MachineConfig  # noqa: E402
 

@@ -177,7 +177,6 @@ def test_shard_index_random_access_and_cache(tmp_path):
 
 
 def test_data_configs_compose():
-    pytest.importorskip("hydra")
     from vpog.cli import load_config
 
     for name in ("synthetic", "gso", "shapenet", "gso_shapenet"):

@@ -123,7 +123,6 @@ def _train_cfg(tiny_set, tmp_path, *extra):
 
 
 def test_training_hook_writes_every_save_frequency_steps(tiny_set, batch_of, tmp_path):
-    pytest.importorskip("hydra")
     from vpog.training.step import VPOGTask
     from vpog.training.task import StepContext
 
@@ -142,7 +141,6 @@ def test_training_hook_writes_every_save_frequency_steps(tiny_set, batch_of, tmp
 
 
 def test_show_command_writes_the_first_samples(tiny_set, tmp_path):
-    pytest.importorskip("hydra")
     from vpog.data.show import main
 
     out = tmp_path / "show"

@@ -22,8 +22,6 @@ from vpog.geometry import pose_vector_to_matrix
 from vpog.ops.patch_flow_labels import patch_flow_labels
 from vpog.ops.pnp_solve import pnp_solve
 
-pytest.importorskip("hydra")
-
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):

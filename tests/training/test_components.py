@@ -127,7 +127,6 @@ def test_trainer_config_rejects_unknown_keys():
 
 
 def test_composed_train_config_builds():
-    pytest.importorskip("hydra")
     from vpog.cli import load_config
 
     for overrides in ([], ["machine=slurm"], ["preset=full"], ["ops.backend=reference"]):
