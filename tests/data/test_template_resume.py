@@ -196,7 +196,8 @@ def test_shards_make_the_unsharded_set(tiny_set, tiny_settings, tmp_path):
     out = tmp_path / "sharded"
     first = synthesize({**tiny_settings(out), "shard": "1/2"})
     assert not first["complete"] and first["stats"]["objects_rendered"] == 1 and first["stats"]["scene_images"] == 3
-    assert not (out / "models_info.json").exists()
+    assert not (out / "models" / "models_info.json").exists()
+    assert not json.loads((out / "synthesis.json").read_text()).get("complete")
     second = synthesize({**tiny_settings(out), "shard": "0/2"})
     assert second["complete"] and second["stats"]["objects_rendered"] == 1 and second["stats"]["scene_images"] == 6
     assert _digest(out) == _digest(tiny_set)

@@ -109,6 +109,7 @@ RUN_KEYS = ("out", "writer_threads")  # how a run goes, not what it writes: may 
 def render_templates(cfg) -> dict:
     """Render (or finish rendering) the templates of a BOP dataset, or with `verify=true` check them;
     returns a summary dict (`failed` / `problems` non-empty: exit code 1)."""
+    from vpog.data.bop_writer import write_json_atomic
     from vpog.data.render import EGL_HINT, RenderError, egl_available
     from vpog.data.render_pool import run_tasks
     from vpog.data.scale_out import shard_items
@@ -133,8 +134,8 @@ def render_templates(cfg) -> dict:
         raise RenderError(f"{reason}; {EGL_HINT}")
     width, height = settings["width"], settings["height"]
     write_camera(out, name, scaled_K(width, height), width, height)
-    manifest.write_text(json.dumps({"settings": {k: v for k, v in settings.items() if k not in RUN_KEYS},
-                                    "dataset": str(Path(str(cfg.dataset)).resolve())}, indent=1))
+    write_json_atomic(manifest, {"settings": {k: v for k, v in settings.items() if k not in RUN_KEYS},
+                                 "dataset": str(Path(str(cfg.dataset)).resolve())})
 
     todo = [(i, str(models_dir / f"obj_{i:06d}.ply")) for i in mine if not object_templates_done(out, name, i)]
     log.info("templates of %s into %s (shard %s): %d objects, %d in this shard, %d done before, %d to render",
@@ -171,6 +172,7 @@ def render_templates(cfg) -> dict:
 
 def _verify(settings: dict, out: Path, name: str, ids: list[int], shard: tuple[int, int], workers: int,
             progress: bool) -> dict:
+    from vpog.data.bop_writer import write_json_atomic
     from vpog.data.template_verify import invalidate, verify_templates
 
     if not (out / name).is_dir():
@@ -182,7 +184,7 @@ def _verify(settings: dict, out: Path, name: str, ids: list[int], shard: tuple[i
     report["problems"] = len(report["missing"]) + len(report["partial"]) + len(report["corrupt"]) + len(
         report["debris"])
     report.update(shard=f"{shard[0]}/{shard[1]}", seconds=round(time.perf_counter() - t0, 2), failed={})
-    (out / name / f"verify-{shard[0]}-of-{shard[1]}.json").write_text(json.dumps(report, indent=1))
+    write_json_atomic(out / name / f"verify-{shard[0]}-of-{shard[1]}.json", report)
     (log.warning if report["problems"] else log.info)(
         "verified %s (shard %d/%d) in %.1f s: %d objects ok, %d missing, %d partial, %d corrupt, %d leftovers of "
         "interrupted runs%s", out / name, *shard, report["seconds"], report["ok"], len(report["missing"]),

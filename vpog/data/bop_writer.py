@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -166,11 +167,17 @@ def write_shard(path: str | Path, samples: Iterable[tuple[str, dict[str, bytes]]
     return keys
 
 
+def writer_token() -> str:
+    """`{host}-{pid}`: names this process's temporary files uniquely on a shared file system."""
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
 def write_json_atomic(path: str | Path, obj) -> None:
-    """json.dump to `path` through a temporary file and a rename."""
+    """json.dump to `path` through a temporary file and a rename (the temporary name carries host and pid:
+    array tasks on several nodes may write the same file of a shared set)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = path.with_name(path.name + f".tmp{writer_token()}")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
     os.replace(tmp, path)
 

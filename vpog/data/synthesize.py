@@ -80,7 +80,15 @@ from pathlib import Path
 from vpog.config_schema import to_plain
 
 from .meshes import MAX_TEXTURE_PIXELS
-from .synthesize_tasks import TEST_STREAM, TRAIN_STREAM, WORK_DIR, mesh_stamp, read_status, test_layout
+from .synthesize_tasks import (
+    TEST_STREAM,
+    TRAIN_STREAM,
+    WORK_DIR,
+    mesh_stamp,
+    read_status,
+    status_path,
+    test_layout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -452,6 +460,13 @@ def synthesize(cfg) -> dict:
     results = run_tasks(run_task, tasks, workers, init_worker, (p, sources), close_worker, "synthesize", "views",
                         progress=bool(p["progress"]), weight=weight, crashed=_crashed,
                         is_skipped=lambda r: "skipped" in r)
+    source_of = dict(sources)
+    for r in results:  # an object whose mesh kills its worker twice is unusable, as a bad mesh is
+        if r["kind"] == "object" and r.get("skipped") == "crash":
+            src = source_of[r["id"]]
+            write_json_atomic(status_path(out, r["id"]), {"skipped": "crash", "reason": r["reason"],
+                                                          "source": Path(src).name if src else None,
+                                                          "mesh": mesh_stamp(src)})
     sweep_partial(out / "templates", p["name"], [i for i, _ in plan["mine"]["object"]])
     stats = _stats(results, time.perf_counter() - t0, workers, p["shard"])
     if results:
@@ -515,6 +530,7 @@ def verify_set(p: dict) -> dict:
         ply = out / "models" / f"obj_{obj_id:06d}.ply"
         if read_status(out, obj_id) is None:
             report["partial"].append(obj_id)
+            report["ok"] -= 1
         elif not ply.is_file() or ply.stat().st_size == 0:
             report["corrupt"][obj_id] = f"{ply}: missing or empty"
             report["ok"] -= 1

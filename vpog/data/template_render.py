@@ -19,10 +19,8 @@ Needs pyrender (the `render` extra).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bop_writer import write_json_atomic, writer_token
 from .templates import fit_distance, object_template_poses, pose_path, save_view, scaled_K, template_dir
 
 PARTIAL_DIR = ".partial"
@@ -53,10 +52,6 @@ def done_marker(root: str | Path, name: str, obj_id: int) -> Path:
 def object_templates_done(root: str | Path, name: str, obj_id: int) -> bool:
     """Whether an object's templates are complete: its marker (written last) and its pose file exist."""
     return done_marker(root, name, obj_id).is_file() and pose_path(root, name, obj_id).is_file()
-
-
-def _token() -> str:
-    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
 
 
 def object_leftovers(root: str | Path, name: str, obj_id: int) -> list[Path]:
@@ -139,12 +134,6 @@ class ViewWriter:
             self._pool = None
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.{_token()}.tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")))
-    os.replace(tmp, path)
-
-
 def write_object_templates(renderer, obj, root: str | Path, name: str, level: int, width: int, height: int,
                            lighting: str = "ambient", distance_factor: float | None = None,
                            writer: ViewWriter | None = None) -> dict:
@@ -162,9 +151,11 @@ def write_object_templates(renderer, obj, root: str | Path, name: str, level: in
     distance = template_distance(obj.radius, obj.diameter, K, width, height, distance_factor)
     poses_mm = object_template_poses(int(level), distance)
     obj_id = int(obj.obj_id)
+    # first: an interrupted redo must never leave the old marker beside a half-deleted old folder
+    done_marker(root, name, obj_id).unlink(missing_ok=True)
     remove_leftovers(root, name, obj_id)
     final = template_dir(root, name, obj_id)
-    tmp = Path(root) / name / PARTIAL_DIR / f"{obj_id:06d}.{_token()}"
+    tmp = Path(root) / name / PARTIAL_DIR / f"{obj_id:06d}.{writer_token()}"
     tmp.mkdir(parents=True)
     poses_m = poses_mm.copy()
     poses_m[:, :3, 3] /= 1000.0
@@ -192,13 +183,13 @@ def write_object_templates(renderer, obj, root: str | Path, name: str, level: in
             writer.close()
     pp = pose_path(root, name, obj_id)
     pp.parent.mkdir(parents=True, exist_ok=True)
-    tmp_pose = pp.with_name(f".{pp.stem}.{_token()}.npy")
+    tmp_pose = pp.with_name(f".{pp.stem}.{writer_token()}.npy")
     np.save(tmp_pose, poses_mm)
     os.replace(tmp_pose, pp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_json_atomic(final / DONE_FILE, {"version": MARKER_VERSION, "views": len(files), "level": int(level),
+    write_json_atomic(final / DONE_FILE, {"version": MARKER_VERSION, "views": len(files), "level": int(level),
                                            "width": int(width), "height": int(height),
                                            "files": files})  # per view [rgba size, crc32, depth size, crc32]
     return {"views": len(files), "render_seconds": t_render, "seconds": time.perf_counter() - t0}

@@ -108,7 +108,7 @@ def find_debris(root: str | Path, name: str, expected_ids) -> list[str]:
     for p in (base / "object_poses").glob(".*.npy"):
         found.add(str(p))
     for i in ids:  # markers being written (a finished object never keeps one)
-        found.update(str(p) for p in template_dir(root, name, i).glob(f"{DONE_FILE}.*.tmp"))
+        found.update(str(p) for p in template_dir(root, name, i).glob(f"{DONE_FILE}.tmp*"))
     return sorted(found)
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .bop_writer import writer_token
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 GIGAPOSE_K = np.array([[572.4114, 0.0, 320.0], [0.0, 573.57043, 240.0], [0.0, 0.0, 1.0]])
 GIGAPOSE_SIZE = (640, 480)  # width, height
@@ -89,7 +91,7 @@ def pose_path(root: str | Path, name: str, obj_id: int) -> Path:
 def write_camera(root: str | Path, name: str, K: np.ndarray, width: int, height: int) -> None:
     path = Path(root) / name / "camera.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = path.with_name(path.name + f".tmp{writer_token()}")
     tmp.write_text(json.dumps({"cam_K": np.asarray(K, dtype=np.float64).reshape(-1).tolist(),
                                "width": int(width), "height": int(height), "depth_unit": "mm"}))
     os.replace(tmp, path)
