@@ -394,7 +394,7 @@ def run_step(report: Report, cfg, task, model, batch, machine, steps: int = 2) -
     model = model.to(device).train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, finite = [], True
     with record_backends() as chosen:
         for k in range(steps):
             ctx = StepContext(device=device, autocast_dtype=dtype, step=k, training=True)
@@ -410,11 +410,12 @@ def run_step(report: Report, cfg, task, model, batch, machine, steps: int = 2) -
                 return
             times.append(time.perf_counter() - t0)
             if not torch.isfinite(loss.detach()).all():
+                finite = False
                 report.problem("", f"the loss of the check's batch is not finite ({float(loss)})")
             model.zero_grad(set_to_none=True)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    report.stage("step", True,
+    report.stage("step", finite,
                  f"{cfg.model.name} ({params:.1f}M parameters) on {device}, {precision}, batch {batch.batch_size}"
                  f" x (1 + {batch.num_templates}) images: forward + backward {times[-1]:.2f} s (first "
                  f"{times[0]:.2f} s), peak memory {_peak_memory_gib(device):.2f} GiB"
@@ -472,6 +473,7 @@ def run_check(cfg, argv: Sequence[str] = ()) -> Report:
         report.problem("", f"config: {exc}")
         report.stage("config", False, "does not build")
         return report
+    machine_ok = True
     try:
         launch = plan(machine, overrides=argv)
         ranks = f"{launch.processes} ranks (machine.num_gpus)" if launch.processes > 1 else "1 rank"
@@ -479,8 +481,8 @@ def run_check(cfg, argv: Sequence[str] = ()) -> Report:
             report.note("", launch.note)
     except ValueError as exc:
         report.problem("", str(exc))
-        ranks = "machine settings do not fit"
-    report.stage("config", True, f"model {cfg.model.name}, data {dcfg.name} ({len(dcfg.train_datasets)} set(s)), "
+        ranks, machine_ok = "machine settings do not fit", False
+    report.stage("config", machine_ok, f"model {cfg.model.name}, data {dcfg.name} ({len(dcfg.train_datasets)} set(s)), "
                                  f"batch {dcfg.batch_size} per rank, {ranks}, ops.backend={trainer_cfg.ops_backend}")
     check_output(report, trainer_cfg)
     missing_weights = croco_checkpoint_problem(cfg.get("model"))

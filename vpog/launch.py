@@ -100,7 +100,7 @@ def launch_local(processes: int, overrides: Sequence[str], module: str = "vpog.t
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
-    args = [f"--nproc-per-node={int(processes)}", "--module", module, *overrides]
+    args = ["--standalone", f"--nproc-per-node={int(processes)}", "--module", module, *overrides]
     os.environ[LAUNCH_ENV] = str(int(processes))
     log.info("torchrun %s", shlex.join(args))
     try:

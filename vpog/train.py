@@ -13,8 +13,9 @@ starting the same command again resumes from its newest valid checkpoint. `machi
 torchrun or srun the key is ignored (see `vpog/launch.py`). Before anything is built, the machine
 settings are checked against the job and the CroCo weights `model.encoder.checkpoint` names must exist.
 Exit codes: 0 finished or stopped by a signal (checkpoint saved), 1 an error (with machine.num_gpus:
-a rank failed), 2 a bad command line, bad machine settings or missing CroCo weights, 130 a second
-Ctrl-C. The shutdown order is written down in `vpog/training/trainer.py`.
+torchrun's code, so 1 also when the launcher itself was signalled, though the ranks saved a checkpoint),
+2 a bad command line, bad machine settings or missing CroCo weights, 130 a second Ctrl-C.
+The shutdown order is written down in `vpog/training/trainer.py`.
 
 References: pytorch/torchtitan `torchtitan/train.py` (a thin entry point: logging, config, trainer,
 train, close in a finally).

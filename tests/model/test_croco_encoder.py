@@ -110,6 +110,16 @@ def test_missing_file(tmp_path):
         load_croco_encoder(enc, tmp_path / "nope.pth")
 
 
+@pytest.mark.parametrize("content", [b"", b"garbage, not a torch file", b"PK\x03\x04truncated zip"])
+def test_unreadable_file_is_a_clear_error(tmp_path, content):
+    """A truncated or damaged download: one ValueError naming the file (`vpog.check` lists it as a problem)."""
+    path = tmp_path / "CroCo_V2_ViTBase_BaseDecoder.pth"
+    path.write_bytes(content)
+    enc = CroCoEncoder(EncoderConfig(embed_dim=DIM, depth=DEPTH, num_heads=HEADS))
+    with pytest.raises(ValueError, match=r"CroCo_V2_ViTBase_BaseDecoder\.pth is not a readable CroCo checkpoint"):
+        load_croco_encoder(enc, path)
+
+
 def test_encoder_rejects_bad_images():
     enc = CroCoEncoder(EncoderConfig(embed_dim=DIM, depth=1, num_heads=HEADS))
     with pytest.raises(ValueError, match="images"):

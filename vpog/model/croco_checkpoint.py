@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,11 @@ def read_croco_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], di
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFoundError(missing_checkpoint_message(path))
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"path: {path} is not a readable CroCo checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"path: {path} does not hold a dict (got {type(ckpt).__name__})")
     kwargs: dict = {}
