@@ -169,6 +169,11 @@ def test_strict_compares_heads_with_croco_kwargs(tmp_path, croco_state):
                                 tmp_path / "c.pth")
     assert not report.missing and not report.unexpected
     assert load_croco_encoder(enc, tmp_path / "a.pth", strict=False).loaded  # non-strict: warns, loads
+    # a bare CroCoNet() declares the defaults (12 heads): not "nothing declared"
+    bare = {"model": {k: v.float() for k, v in croco_state.items()}, "args": argparse.Namespace(model="CroCoNet()")}
+    torch.save(bare, tmp_path / "d.pth")
+    with pytest.raises(ValueError, match=r"enc_num_heads=12 \(encoder.num_heads=4\)"):
+        load_croco_encoder(enc, tmp_path / "d.pth")
 
 
 def test_missing_file_says_where_the_weights_are(tmp_path):

@@ -163,10 +163,12 @@ def _constructor_kwargs(call: str) -> dict:
 def shape_mismatches(kwargs: dict, encoder: nn.Module) -> list[str]:
     """'enc_num_heads=12 (encoder.num_heads=6)'-style entries where the architecture a checkpoint declares
     (its croco_kwargs, CroCoNet's defaults for keys it leaves out) differs from `encoder.cfg`; [] when
-    the file declares none (no croco_kwargs, or an args.model string without literal keywords)."""
+    the file declares none (no croco_kwargs and no `CroCoNet(...)` args.model string). A bare `CroCoNet()`
+    declares CroCoNet's defaults."""
     cfg = getattr(encoder, "cfg", None)
     declared = {k: v for k, v in kwargs.items() if k != "model"}
-    if cfg is None or not declared:
+    constructor = str(kwargs.get("model", "")).strip().startswith("CroCoNet(")
+    if cfg is None or not (declared or constructor):
         return []
     out = []
     for theirs, ours in _SHAPE_KEYS:
